@@ -1,0 +1,344 @@
+"""CLIP scoring for token selection, on transformers' `CLIPModel`.
+
+One vision pass per image gives everything the selection methods need:
+  * the select-layer hidden state H (default -2; CLS first, then N patches) that the LLM receives,
+  * the context score of each patch, from the last layer's full-width q/k/v of the CLS query,
+  * (lazily) the select layer's CLS attention and keys, for FasterVLM/VisionZip-style baselines,
+  * (lazily) the patches projected into CLIP's joint space, to compare with text embeddings.
+
+The encoder layers are called one by one, so no hooks are installed, only the needed states are kept, and the
+last layer's attention and MLP, whose output nobody reads, are never run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .checkpoints import hub_error, looks_like_hub_id, read_config, resolve_checkpoint
+from .errors import LiteLVLMError
+from .images import ClipPreprocess, load_image
+from .selection import TokenScores, get_method
+
+DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"
+ALL_SCORES = frozenset({"similarity", "context", "cls_attention", "features", "keys"})
+
+
+@dataclass
+class VisionFeatures:
+    """Text-independent CLIP results for a batch of B images (N patches on a rows x cols grid).
+
+    hidden:       [B, 1+N, D] select-layer hidden state (CLS first), the LLM's visual input
+    last_input:   [B, 1+N, D] input of the last encoder layer (the same tensor as `hidden` for layer -2)
+    select_input: [B, 1+N, D] input of the select layer, kept for the CLS-attention baselines
+    """
+
+    hidden: torch.Tensor
+    last_input: torch.Tensor
+    select_input: torch.Tensor | None
+    grid: tuple[int, int]
+    _cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def batch_size(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def num_patches(self) -> int:
+        return self.hidden.shape[1] - 1
+
+    @property
+    def patch_features(self) -> torch.Tensor:
+        """[B, N, D] select-layer patch states (CLS dropped)."""
+        return self.hidden[:, 1:]
+
+    def select(self, index: int | slice | torch.Tensor) -> VisionFeatures:
+        """The features of a subset of the batch (cached derived tensors included)."""
+        pick = (lambda t: t[index : index + 1]) if isinstance(index, int) else (lambda t: t[index])
+        return VisionFeatures(
+            pick(self.hidden),
+            pick(self.last_input),
+            None if self.select_input is None else pick(self.select_input),
+            self.grid,
+            {name: pick(value) for name, value in self._cache.items()},
+        )
+
+
+def _layer_call_style(layer: torch.nn.Module) -> bool:
+    """True for transformers < 4.48-style layers that take `causal_attention_mask` positionally."""
+    return "causal_attention_mask" in inspect.signature(layer.forward).parameters
+
+
+class ClipScorer:
+    """Scores patches of images against texts with a CLIP model; caches per-image work like SAM's predictor.
+
+    >>> scorer = ClipScorer.from_pretrained("openai/clip-vit-large-patch14-336")
+    >>> scorer.set_image(Image.open("photo.jpg"))
+    >>> scores = scorer.score(["the man in red"])       # TokenScores with similarity [1, 1, 576]
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer=None,
+        preprocess: ClipPreprocess | None = None,
+        select_layer: int = -2,
+    ) -> None:
+        self.model = model.eval()
+        self.vision = model.vision_model
+        self.tokenizer = tokenizer
+        config = self.vision.config
+        self.preprocess = preprocess or ClipPreprocess(config.image_size, config.image_size, config.image_size)
+        self.num_layers = config.num_hidden_layers
+        self.num_heads = config.num_attention_heads
+        self.select_index = select_layer if select_layer >= 0 else self.num_layers + 1 + select_layer
+        if not 1 <= self.select_index <= self.num_layers:
+            raise LiteLVLMError(
+                f"select_layer {select_layer} is outside this CLIP's {self.num_layers} layers; use e.g. -2."
+            )
+        side = config.image_size // config.patch_size
+        self.grid = (side, side)
+        self.num_patches = side * side
+        self._legacy_layers = _layer_call_style(self.vision.encoder.layers[0])
+        self._features: VisionFeatures | None = None
+        self._warned_truncation = False
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str | os.PathLike = DEFAULT_CLIP,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        select_layer: int = -2,
+    ) -> ClipScorer:
+        """Load a CLIP checkpoint directory (or hub id) in the layout of openai/clip-vit-large-patch14-336."""
+        from transformers import AutoTokenizer, CLIPModel
+
+        name = resolve_checkpoint(path_or_id, "CLIP checkpoint", "--clip")
+        is_local = os.path.isdir(name)
+        if is_local:
+            config = read_config(name, "CLIP checkpoint", "--clip")
+            if config.get("model_type") != "clip" or "vision_config" not in config:
+                raise LiteLVLMError(
+                    f"{name!r} is not a CLIP checkpoint (config.json has model_type "
+                    f"{config.get('model_type')!r}, expected 'clip'); pass a CLIP directory with --clip."
+                )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = CLIPModel.from_pretrained(name, local_files_only=is_local)
+                tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=is_local)
+        except OSError as error:
+            if is_local or not looks_like_hub_id(name):
+                raise LiteLVLMError(f"could not load the CLIP checkpoint in {name!r}: {error}") from None
+            raise hub_error(name, "CLIP", "--clip", error) from None
+        model = model.to(device=device, dtype=dtype)
+        preprocess = ClipPreprocess.from_dir(name if is_local else _hub_dir(name), model.config.vision_config.image_size)
+        return cls(model, tokenizer, preprocess, select_layer)
+
+    @property
+    def device(self) -> torch.device:
+        return self.vision.embeddings.patch_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision.embeddings.patch_embedding.weight.dtype
+
+    # ------------------------------------------------------------------ vision
+    def pixel_values(self, images: Sequence[Image.Image | str | os.PathLike] | Image.Image) -> torch.Tensor:
+        """Preprocessed pixels [B, 3, S, S] on the model's device and dtype."""
+        if isinstance(images, (Image.Image, str, os.PathLike)):
+            images = [images]
+        pixels = self.preprocess([load_image(image) for image in images])
+        return pixels.to(device=self.device, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def encode_image(self, pixel_values: torch.Tensor) -> VisionFeatures:
+        """One vision pass over pixels [B, 3, S, S], keeping only the states selection needs."""
+        vision = self.vision
+        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values.to(device=self.device, dtype=self.dtype)))
+        # States are indexed like `output_hidden_states`: 0 = embeddings, i = output of layer i (1-based).
+        wanted = {self.select_index, self.select_index - 1, self.num_layers - 1}
+        states = {0: hidden} if 0 in wanted else {}
+        for index, layer in enumerate(vision.encoder.layers[: max(wanted)], start=1):
+            hidden = self._run_layer(layer, hidden)
+            if index in wanted:
+                states[index] = hidden
+        return VisionFeatures(
+            hidden=states[self.select_index],
+            last_input=states[self.num_layers - 1],
+            select_input=states[self.select_index - 1],
+            grid=self.grid,
+        )
+
+    def _run_layer(self, layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        output = layer(hidden, None, None) if self._legacy_layers else layer(hidden, None)
+        return output[0] if isinstance(output, tuple) else output
+
+    def set_image(self, images: Sequence[Image.Image | str | os.PathLike] | Image.Image) -> VisionFeatures:
+        """Run the vision pass for one image (or a batch) and cache it for `score`."""
+        self._features = self.encode_image(self.pixel_values(images))
+        return self._features
+
+    def set_features(self, features: VisionFeatures) -> None:
+        """Cache features computed earlier (e.g. shared across methods by an evaluation loop)."""
+        self._features = features
+
+    @property
+    def features(self) -> VisionFeatures:
+        if self._features is None:
+            raise LiteLVLMError("no image is set; call set_image(image) before score(texts).")
+        return self._features
+
+    # ------------------------------------------------------------------ derived image scores
+    @torch.inference_mode()
+    def context_scores(self, features: VisionFeatures) -> torch.Tensor:
+        """[B, N] float32: ||a_i v_i|| with a = softmax_i(cos(q_cls, k_i) / sqrt(D)) in the last layer."""
+        if "context" not in features._cache:
+            attention = self.vision.encoder.layers[self.num_layers - 1].self_attn
+            normed = self.vision.encoder.layers[self.num_layers - 1].layer_norm1(features.last_input)
+            query = attention.q_proj(normed[:, :1]).float()
+            keys = attention.k_proj(normed[:, 1:]).float()
+            values = attention.v_proj(normed[:, 1:]).float()
+            cosine = F.normalize(keys, dim=-1) @ F.normalize(query, dim=-1).transpose(1, 2)
+            weights = torch.softmax(cosine.squeeze(-1) / math.sqrt(keys.shape[-1]), dim=-1)
+            features._cache["context"] = weights * values.norm(dim=-1)
+        return features._cache["context"]
+
+    @torch.inference_mode()
+    def select_layer_attention(self, features: VisionFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLS -> patch attention [B, N] (head-averaged, softmax over CLS + patches) and head-averaged patch
+        keys [B, N, D/heads], both of the select layer, float32."""
+        if "cls_attention" not in features._cache:
+            layer = self.vision.encoder.layers[self.select_index - 1]
+            normed = layer.layer_norm1(features.select_input)
+            batch, tokens, width = normed.shape
+            head_dim = width // self.num_heads
+            query = layer.self_attn.q_proj(normed[:, :1]).float().view(batch, 1, self.num_heads, head_dim)
+            keys = layer.self_attn.k_proj(normed).float().view(batch, tokens, self.num_heads, head_dim)
+            logits = torch.einsum("bqhd,bkhd->bhqk", query, keys) * head_dim**-0.5
+            attention = logits.softmax(dim=-1)[:, :, 0, 1:]
+            features._cache["cls_attention"] = attention.mean(dim=1)
+            features._cache["keys"] = keys[:, 1:].mean(dim=2)
+        return features._cache["cls_attention"], features._cache["keys"]
+
+    @torch.inference_mode()
+    def projected_patches(self, features: VisionFeatures) -> torch.Tensor:
+        """[B, N, P] float32: patches through `post_layernorm` and `visual_projection`, like the pooled CLS."""
+        if "projected" not in features._cache:
+            normed = self.vision.post_layernorm(features.patch_features)
+            features._cache["projected"] = self.model.visual_projection(normed).float()
+        return features._cache["projected"]
+
+    # ------------------------------------------------------------------ text
+    @property
+    def max_text_tokens(self) -> int:
+        return self.model.config.text_config.max_position_embeddings
+
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """CLIP `text_embeds` [T, P] (float32, not normalised); longer texts are truncated (one warning)."""
+        if self.tokenizer is None:
+            raise LiteLVLMError("this ClipScorer has no tokenizer; load it with ClipScorer.from_pretrained.")
+        texts = [check_text(text) for text in texts]
+        limit = self.max_text_tokens
+        lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        if max(lengths) > limit and not self._warned_truncation:
+            self._warned_truncation = True
+            longest = texts[lengths.index(max(lengths))]
+            warnings.warn(
+                f"text {longest[:40]!r}... has {max(lengths)} CLIP tokens; texts are truncated to {limit}.",
+                stacklevel=2,
+            )
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        batch = {key: value.to(self.device) for key, value in batch.items() if key in ("input_ids", "attention_mask")}
+        pooled = self.model.text_model(**batch).pooler_output
+        return self.model.text_projection(pooled).float()
+
+    # ------------------------------------------------------------------ scores
+    def score(
+        self,
+        texts: Sequence[str] | Sequence[Sequence[str]] = (),
+        needs: frozenset[str] | set[str] | str = ALL_SCORES,
+        features: VisionFeatures | None = None,
+    ) -> TokenScores:
+        """Scores of the cached image(s) for the given texts.
+
+        texts: one list of T strings shared by every image, or one list per image (lengths may differ;
+            `text_mask` marks the real ones). Not needed when `needs` excludes "similarity".
+        needs: the score fields to compute, or a method name whose needs to use.
+        """
+        features = features or self.features
+        if isinstance(needs, str):
+            needs = get_method(needs).needs
+        scores = TokenScores(features.batch_size, features.num_patches, features.grid)
+        if "similarity" in needs:
+            scores.similarity, scores.text_mask = self._similarity(features, texts)
+        if "context" in needs:
+            scores.context = self.context_scores(features)
+        if needs & {"cls_attention", "keys"}:
+            scores.cls_attention, scores.keys = self.select_layer_attention(features)
+        if "features" in needs:
+            scores.features = features.patch_features
+        return scores
+
+    def _similarity(
+        self, features: VisionFeatures, texts: Sequence[str] | Sequence[Sequence[str]]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        per_image = texts_per_image(texts, features.batch_size)
+        flat = [text for group in per_image for text in group]
+        embeds = self.encode_text(flat)
+        patches = self.projected_patches(features)
+        most = max(len(group) for group in per_image)
+        padded = embeds.new_zeros(features.batch_size, most, embeds.shape[-1])
+        text_mask = torch.zeros(features.batch_size, most, dtype=torch.bool, device=embeds.device)
+        start = 0
+        for row, group in enumerate(per_image):
+            padded[row, : len(group)] = embeds[start : start + len(group)]
+            text_mask[row, : len(group)] = True
+            start += len(group)
+        similarity = torch.einsum("btp,bnp->btn", padded, patches)
+        return similarity, (None if bool(text_mask.all()) else text_mask)
+
+
+def check_text(text: object) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise LiteLVLMError(f"text {text!r} is empty; pass a referring expression such as 'the man in red'.")
+    return text
+
+
+def texts_per_image(texts: Sequence[str] | Sequence[Sequence[str]], batch_size: int) -> list[list[str]]:
+    """Normalise `texts` to one non-empty list per image."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if len(texts) == 0:
+        raise LiteLVLMError("no text given; pass at least one referring expression.")
+    if all(isinstance(text, str) for text in texts):
+        return [list(texts)] * batch_size
+    groups = [list(group) for group in texts]
+    if len(groups) != batch_size:
+        raise LiteLVLMError(f"got texts for {len(groups)} images but {batch_size} images are set; pass one list per image.")
+    for group in groups:
+        if not group:
+            raise LiteLVLMError("an image has no text; pass at least one referring expression per image.")
+    return groups
+
+
+def _hub_dir(name: str) -> str | None:
+    """The local snapshot of a hub checkpoint, for its preprocessor_config.json (None if unavailable)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, allow_patterns=["preprocessor_config.json"], local_files_only=True)
+    except Exception:  # noqa: BLE001 - the defaults are right for every OpenAI CLIP
+        return None

@@ -1,0 +1,40 @@
+"""Token selection: pure functions from scores to kept patch indices, looked up by name."""
+
+from . import baselines, divprune, litelvlm, visionzip  # noqa: F401  (registration side effects)
+from .base import (
+    CONTEXT,
+    DOMINANT,
+    KEPT,
+    KIND_NAMES,
+    LOW_SIMILARITY,
+    MERGED,
+    Selection,
+    SelectionMethod,
+    TokenScores,
+    check_budget,
+    get_method,
+    keep_all,
+    list_methods,
+    register,
+    select_tokens,
+)
+from .litelvlm import ORDERS
+
+__all__ = [
+    "CONTEXT",
+    "DOMINANT",
+    "KEPT",
+    "KIND_NAMES",
+    "LOW_SIMILARITY",
+    "MERGED",
+    "ORDERS",
+    "Selection",
+    "SelectionMethod",
+    "TokenScores",
+    "check_budget",
+    "get_method",
+    "keep_all",
+    "list_methods",
+    "register",
+    "select_tokens",
+]

@@ -1,0 +1,175 @@
+"""Inputs, outputs and the registry shared by every token-selection method.
+
+A method is a pure function `(scores: TokenScores, budget: int, **options) -> Selection`. Scores are computed
+once per image by `litelvlm.scoring.ClipScorer` (or by anything else that fills the fields a method needs).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import LiteLVLMError
+
+# Kinds of kept tokens, for diagnostics and overlays. Stored per kept token as int64 codes.
+KEPT, LOW_SIMILARITY, CONTEXT, DOMINANT, MERGED = range(5)
+KIND_NAMES = ("kept", "low_similarity", "context", "dominant", "merged")
+
+
+@dataclass
+class TokenScores:
+    """Per-image evidence a selection method may use; each field is optional, batch-first.
+
+    similarity:     [B, T, N] raw text x patch dot products (CLIP projected space, not normalised)
+    text_mask:      [B, T] bool, which of the T text slots are real (None: all are)
+    context:        [B, N] context contribution of each patch to the CLS token in the last layer
+    cls_attention:  [B, N] head-averaged CLS -> patch attention at the select layer
+    features:       [B, N, D] select-layer patch features (what the LLM's projector receives)
+    keys:           [B, N, Dh] head-averaged select-layer keys (VisionZip's merge metric)
+    """
+
+    batch_size: int
+    num_patches: int
+    grid: tuple[int, int]
+    similarity: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
+    context: torch.Tensor | None = None
+    cls_attention: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        for value in (self.similarity, self.context, self.cls_attention, self.features, self.keys):
+            if value is not None:
+                return value.device
+        return torch.device("cpu")
+
+    def require(self, method: str, *names: str) -> None:
+        missing = [name for name in names if getattr(self, name) is None]
+        if missing:
+            raise LiteLVLMError(
+                f"method {method!r} needs the score field(s) {', '.join(missing)}; "
+                "compute them with ClipScorer.score(..., needs=...)."
+            )
+
+
+@dataclass
+class Selection:
+    """Kept visual tokens, in the order the LLM receives them.
+
+    indices:  [B, K] int64 patch indices (raster index into the N patches)
+    kinds:    [B, K] int64 codes into KIND_NAMES (why each token was kept)
+    features: [B, K, D] replacement features for methods that merge tokens (VisionZip); None means
+              "gather the select-layer features at `indices`"
+    """
+
+    indices: torch.Tensor
+    kinds: torch.Tensor
+    features: torch.Tensor | None = None
+
+    @property
+    def budget(self) -> int:
+        return self.indices.shape[1]
+
+    def kind_names(self, sample: int = 0) -> list[str]:
+        return [KIND_NAMES[code] for code in self.kinds[sample].tolist()]
+
+    def gather(self, patch_features: torch.Tensor) -> torch.Tensor:
+        """Features [B, K, D] to feed the LLM, from all patch features [B, N, D]."""
+        if self.features is not None:
+            return self.features
+        return gather_rows(patch_features, self.indices.to(patch_features.device))
+
+
+SelectionFn = Callable[..., Selection]
+
+
+@dataclass(frozen=True)
+class SelectionMethod:
+    """A registered method: its function, the score fields it reads, and a one-line description."""
+
+    name: str
+    fn: SelectionFn
+    needs: frozenset[str]
+    description: str
+    options: dict[str, object] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, SelectionMethod] = {}
+
+
+def register(name: str, needs: tuple[str, ...] = (), description: str = "") -> Callable[[SelectionFn], SelectionFn]:
+    """Decorator adding a selection function to the registry under `name`."""
+
+    def decorator(fn: SelectionFn) -> SelectionFn:
+        if name in _REGISTRY:
+            raise ValueError(f"a selection method named {name!r} is already registered")
+        _REGISTRY[name] = SelectionMethod(name, fn, frozenset(needs), description or (fn.__doc__ or "").split("\n")[0])
+        return fn
+
+    return decorator
+
+
+def list_methods() -> list[str]:
+    """Names of the registered selection methods, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_method(name: str) -> SelectionMethod:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise LiteLVLMError(f"unknown method {name!r}; choose one of: {', '.join(_REGISTRY)}.") from None
+
+
+def check_budget(budget: object) -> int:
+    """The budget as an int, or a clear error for zero, negative, fractional or non-numeric values."""
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
+        raise LiteLVLMError(f"budget must be a whole number of visual tokens such as 64, got {budget!r}.")
+    if budget <= 0:
+        raise LiteLVLMError(f"budget must be at least 1 visual token, got {budget}; use a positive number.")
+    return int(budget)
+
+
+def keep_all(batch_size: int, num_patches: int, device: torch.device | str = "cpu") -> Selection:
+    """No pruning: every patch in raster order (what any method returns when budget >= N)."""
+    indices = torch.arange(num_patches, device=device).expand(batch_size, -1).clone()
+    return Selection(indices, torch.full_like(indices, KEPT))
+
+
+def select_tokens(method: str, scores: TokenScores, budget: int, **options) -> Selection:
+    """Run a registered method. A budget >= N keeps every patch in raster order, for every method."""
+    entry = get_method(method)
+    budget = check_budget(budget)
+    if budget >= scores.num_patches:
+        return keep_all(scores.batch_size, scores.num_patches, scores.device)
+    scores.require(method, *sorted(entry.needs))
+    return entry.fn(scores, budget, **options)
+
+
+def raster_selection(keep: torch.Tensor, kind: int = KEPT) -> Selection:
+    """Selection from a boolean keep mask [B, N] with the same count per row, in raster order."""
+    counts = keep.sum(1)
+    if not bool((counts == counts[0]).all()):
+        raise AssertionError("every sample must keep the same number of tokens")
+    num_patches = keep.shape[1]
+    positions = torch.arange(num_patches, device=keep.device).expand_as(keep)
+    sort_key = torch.where(keep, positions, positions + num_patches)
+    indices = sort_key.argsort(dim=1)[:, : int(counts[0])]
+    return Selection(indices, torch.full_like(indices, kind))
+
+
+def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
+    """rank[b, order[b, i]] = i for permutations order [B, N]."""
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return rank
+
+
+def gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values [B, N, D] gathered at index [B, K] -> [B, K, D]."""
+    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
