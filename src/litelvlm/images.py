@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,17 +39,16 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
     if path.is_dir():
         raise LiteLVLMError(f"image {str(path)!r} is a directory; pass an image file.")
     previous_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit below replaces PIL's decompression-bomb check
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                return to_rgb(image)
-    except Image.DecompressionBombError as error:
-        raise LiteLVLMError(
-            f"image {str(path)!r} is too large ({error}); downscale it below {MAX_IMAGE_PIXELS:,} pixels."
-        ) from None
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise LiteLVLMError(
+                    f"image {str(path)!r} is too large ({image.width} x {image.height} pixels); "
+                    f"downscale it below {MAX_IMAGE_PIXELS:,} pixels."
+                )
+            image.load()
+            return to_rgb(image)
     except UnidentifiedImageError:
         raise LiteLVLMError(f"{str(path)!r} is not an image PIL can read; pass a JPEG or PNG file.") from None
     except OSError as error:
@@ -113,7 +111,9 @@ class ClipPreprocess:
         short, long = (width, height) if width <= height else (height, width)
         new_long = int(self.resize_shortest_edge * long / short)
         resized_w, resized_h = (
-            (self.resize_shortest_edge, new_long) if width <= height else (new_long, self.resize_shortest_edge)
+            (self.resize_shortest_edge, new_long)
+            if width <= height
+            else (new_long, self.resize_shortest_edge)
         )
         # Images smaller than the crop are padded by the crop in transformers; resizing makes that rare.
         top = (resized_h - self.crop_height) // 2
@@ -153,7 +153,9 @@ class CropGeometry:
     crop_width: int
     crop_height: int
 
-    def crop_box_in_image(self, x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
+    def crop_box_in_image(
+        self, x0: float, y0: float, x1: float, y1: float
+    ) -> tuple[float, float, float, float]:
         """A box in crop pixels -> the same box in original-image pixels."""
         sx = self.width / self.resized_width
         sy = self.height / self.resized_height

@@ -96,7 +96,9 @@ class ClipScorer:
         self.vision = model.vision_model
         self.tokenizer = tokenizer
         config = self.vision.config
-        self.preprocess = preprocess or ClipPreprocess(config.image_size, config.image_size, config.image_size)
+        self.preprocess = preprocess or ClipPreprocess(
+            config.image_size, config.image_size, config.image_size
+        )
         self.num_layers = config.num_hidden_layers
         self.num_heads = config.num_attention_heads
         self.select_index = select_layer if select_layer >= 0 else self.num_layers + 1 + select_layer
@@ -143,7 +145,9 @@ class ClipScorer:
                 raise LiteLVLMError(f"could not load the CLIP checkpoint in {name!r}: {error}") from None
             raise hub_error(name, "CLIP", "--clip", error) from None
         model = model.to(device=device, dtype=dtype)
-        preprocess = ClipPreprocess.from_dir(name if is_local else _hub_dir(name), model.config.vision_config.image_size)
+        preprocess = ClipPreprocess.from_dir(
+            name if is_local else _hub_dir(name), model.config.vision_config.image_size
+        )
         return cls(model, tokenizer, preprocess, select_layer)
 
     @property
@@ -261,7 +265,11 @@ class ClipScorer:
                 stacklevel=2,
             )
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-        batch = {key: value.to(self.device) for key, value in batch.items() if key in ("input_ids", "attention_mask")}
+        batch = {
+            key: value.to(self.device)
+            for key, value in batch.items()
+            if key in ("input_ids", "attention_mask")
+        }
         pooled = self.model.text_model(**batch).pooler_output
         return self.model.text_projection(pooled).float()
 
@@ -327,7 +335,9 @@ def texts_per_image(texts: Sequence[str] | Sequence[Sequence[str]], batch_size: 
         return [list(texts)] * batch_size
     groups = [list(group) for group in texts]
     if len(groups) != batch_size:
-        raise LiteLVLMError(f"got texts for {len(groups)} images but {batch_size} images are set; pass one list per image.")
+        raise LiteLVLMError(
+            f"got texts for {len(groups)} images but {batch_size} images are set; pass one list per image."
+        )
     for group in groups:
         if not group:
             raise LiteLVLMError("an image has no text; pass at least one referring expression per image.")

@@ -6,9 +6,10 @@ once per image by `litelvlm.scoring.ClipScorer` (or by anything else that fills 
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -96,19 +97,32 @@ class SelectionMethod:
     fn: SelectionFn
     needs: frozenset[str]
     description: str
-    options: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        """Keyword options the method accepts (e.g. `order`, `seed`)."""
+        parameters = inspect.signature(self.fn).parameters.values()
+        return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+    def supported(self, **options) -> dict[str, object]:
+        """The subset of `options` this method accepts (for front ends offering every method's flags)."""
+        return {name: value for name, value in options.items() if name in self.option_names}
 
 
 _REGISTRY: dict[str, SelectionMethod] = {}
 
 
-def register(name: str, needs: tuple[str, ...] = (), description: str = "") -> Callable[[SelectionFn], SelectionFn]:
+def register(
+    name: str, needs: tuple[str, ...] = (), description: str = ""
+) -> Callable[[SelectionFn], SelectionFn]:
     """Decorator adding a selection function to the registry under `name`."""
 
     def decorator(fn: SelectionFn) -> SelectionFn:
         if name in _REGISTRY:
             raise ValueError(f"a selection method named {name!r} is already registered")
-        _REGISTRY[name] = SelectionMethod(name, fn, frozenset(needs), description or (fn.__doc__ or "").split("\n")[0])
+        _REGISTRY[name] = SelectionMethod(
+            name, fn, frozenset(needs), description or (fn.__doc__ or "").split("\n")[0]
+        )
         return fn
 
     return decorator

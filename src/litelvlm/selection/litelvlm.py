@@ -80,7 +80,9 @@ def litelvlm_select(
     positions = torch.arange(num_patches, device=device).expand(batch, -1)
     dropped = 3 * num_patches
     if order == "paper":
-        sort_key = torch.where(in_context, context_rank, torch.where(in_low, num_patches + positions, dropped))
+        sort_key = torch.where(
+            in_context, context_rank, torch.where(in_low, num_patches + positions, dropped)
+        )
     else:
         sort_key = torch.where(in_context | in_low, positions, dropped)
     indices = sort_key.argsort(dim=1, stable=True)[:, :budget]

@@ -23,9 +23,7 @@ def visionzip_split(budget: int, contextual_share: float = CONTEXTUAL_SHARE) -> 
     needs=("cls_attention", "keys", "features"),
     description="dominant tokens by CLS attention + the rest merged into uniformly chosen contextual tokens",
 )
-def visionzip_select(
-    scores: TokenScores, budget: int, *, contextual: int | None = None
-) -> Selection:
+def visionzip_select(scores: TokenScores, budget: int, *, contextual: int | None = None) -> Selection:
     """Dominant: the top-D patches by CLS attention, in raster order. Contextual: of the remaining patches
     (raster order) every `step`-th is a target; every other remaining patch is assigned to the target with the
     most similar (cosine) head-averaged key, and each contextual feature is target + mean of its assigned

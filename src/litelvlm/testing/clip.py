@@ -63,7 +63,12 @@ def clip_config(
 def full_size_clip_config():
     """CLIP ViT-L/14 at 336 px (openai/clip-vit-large-patch14-336), for random-weight benchmarks."""
     return clip_config(
-        vision_hidden=1024, vision_layers=24, vision_heads=16, text_hidden=768, text_layers=12, text_heads=12,
+        vision_hidden=1024,
+        vision_layers=24,
+        vision_heads=16,
+        text_hidden=768,
+        text_layers=12,
+        text_heads=12,
         projection_dim=768,
     )
 

@@ -22,9 +22,16 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character table, in vocabulary order (printable bytes first,
     keeping their own character; the other bytes mapped to 256, 257, ...)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     others = [byte for byte in range(256) if byte not in printable]
-    return {**{byte: chr(byte) for byte in printable}, **{byte: chr(256 + i) for i, byte in enumerate(others)}}
+    return {
+        **{byte: chr(byte) for byte in printable},
+        **{byte: chr(256 + i) for i, byte in enumerate(others)},
+    }
 
 
 @lru_cache(maxsize=1)
@@ -58,10 +65,28 @@ def write_clip_tokenizer(directory: str | Path) -> None:
     (directory / "vocab.json").write_text(json.dumps(clip_vocab(), ensure_ascii=False))
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(clip_merges()) + "\n")
     special = {
-        "bos_token": {"content": BOS, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False},
-        "eos_token": {"content": EOS, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False},
+        "bos_token": {
+            "content": BOS,
+            "lstrip": False,
+            "normalized": True,
+            "rstrip": False,
+            "single_word": False,
+        },
+        "eos_token": {
+            "content": EOS,
+            "lstrip": False,
+            "normalized": True,
+            "rstrip": False,
+            "single_word": False,
+        },
         "pad_token": EOS,
-        "unk_token": {"content": EOS, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False},
+        "unk_token": {
+            "content": EOS,
+            "lstrip": False,
+            "normalized": True,
+            "rstrip": False,
+            "single_word": False,
+        },
     }
     (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
     config = {

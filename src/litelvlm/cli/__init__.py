@@ -1,0 +1,60 @@
+"""`litelvlm` command line: select | segment | eval | analyze | bench | demo.
+
+Bad input ends in one sentence on stderr and exit code 2, never a traceback; warnings are one line each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from ..errors import LiteLVLMError
+from . import select_command
+
+COMMANDS = (select_command,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="litelvlm",
+        description="Training-free, text-guided visual-token pruning for pixel-grounding VLMs.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"litelvlm: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.showwarning = _one_line_warning
+    _quiet_transformers()
+    try:
+        return args.run(args) or 0
+    except LiteLVLMError as error:
+        print(f"litelvlm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"litelvlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_transformers() -> None:
+    """Loading-progress bars and advisory logs of transformers are noise in a CLI."""
+    try:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+        logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Argument types and checks shared by the commands (each failure is one sentence naming the value)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import LiteLVLMError
+from ..selection import list_methods
+
+
+def budget(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"budget must be a whole number of visual tokens such as 64, got {text!r}"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"budget must be at least 1 visual token, got {value}")
+    return value
+
+
+def share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"the share must be a number in [0, 1], got {text!r}")
+    return value
+
+
+def method(text: str) -> str:
+    if text not in list_methods():
+        raise argparse.ArgumentTypeError(
+            f"unknown method {text!r}; choose one of: {', '.join(list_methods())}"
+        )
+    return text
+
+
+def check_output_file(path: str | None, flag: str) -> Path | None:
+    """An output path whose directory exists (checked before any slow work)."""
+    if path is None:
+        return None
+    output = Path(path)
+    if output.is_dir():
+        raise LiteLVLMError(
+            f"{flag} {path!r} is a directory; pass a file name such as {path.rstrip('/')}/out"
+        )
+    if not output.parent.exists():
+        raise LiteLVLMError(
+            f"the directory of {flag} {path!r} does not exist; create {str(output.parent)!r} first."
+        )
+    return output
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, default_dtype: str = "float32") -> None:
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--dtype", default=default_dtype, choices=("float32", "bfloat16", "float16"), help="model dtype"
+    )
+
+
+def resolve_device(name: str | None) -> str:
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LiteLVLMError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LiteLVLMError(f"--device {name!r} asks for CUDA but none is available; use --device cpu.")
+    return str(device)
+
+
+def resolve_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]

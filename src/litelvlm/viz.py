@@ -1,0 +1,146 @@
+"""Pictures of what was kept: patch overlays (kept vs pruned, by kind) and mask overlays."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .images import CropGeometry
+from .selection import KIND_NAMES
+
+KIND_COLOURS = {
+    "kept": (60, 210, 90),
+    "low_similarity": (255, 140, 0),
+    "context": (0, 190, 255),
+    "dominant": (255, 215, 0),
+    "merged": (225, 70, 225),
+}
+KIND_LABELS = {
+    "kept": "kept",
+    "low_similarity": "low similarity",
+    "context": "context",
+    "dominant": "dominant",
+    "merged": "merged (contextual)",
+}
+MASK_COLOURS = ((255, 60, 60), (60, 120, 255), (255, 220, 40), (40, 220, 180), (200, 80, 255))
+PRUNED_BRIGHTNESS = 0.3
+MIN_SHORT_SIDE, MAX_LONG_SIDE = 336, 1600
+
+
+def display_copy(image: Image.Image) -> tuple[Image.Image, float]:
+    """The image scaled for viewing (tiny images enlarged, huge ones reduced) and the scale used."""
+    width, height = image.size
+    scale = max(1.0, MIN_SHORT_SIDE / min(width, height))
+    scale = min(scale, MAX_LONG_SIDE / max(width, height))
+    if scale == 1.0:
+        return image.copy(), 1.0
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
+    return image.resize(size, resample), scale
+
+
+def token_overlay(
+    image: Image.Image,
+    indices: Sequence[int],
+    kinds: Sequence[int] | Sequence[str] | None,
+    grid: tuple[int, int],
+    geometry: CropGeometry,
+    title: str | None = None,
+) -> Image.Image:
+    """The image with kept patches in full colour, outlined by kind, and pruned patches dimmed.
+
+    indices: kept patch indices (raster over `grid`); kinds: codes into KIND_NAMES or names, one per index.
+    geometry: where CLIP's centre crop lies in `image` (parts outside it were never seen and stay dimmed).
+    """
+    canvas, scale = display_copy(image.convert("RGB"))
+    original = np.asarray(canvas, dtype=np.float32)
+    shown = original * PRUNED_BRIGHTNESS
+    names = [KIND_NAMES[k] if isinstance(k, int) else k for k in (kinds or ["kept"] * len(indices))]
+    boxes = [_patch_box(int(index), grid, geometry, scale) for index in indices]
+    for (x0, y0, x1, y1), name in zip(boxes, names):
+        tint = np.asarray(KIND_COLOURS[name], dtype=np.float32)
+        region = original[y0:y1, x0:x1]
+        shown[y0:y1, x0:x1] = 0.8 * region + 0.2 * tint
+    result = Image.fromarray(shown.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(result)
+    for (x0, y0, x1, y1), name in zip(boxes, names):
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=KIND_COLOURS[name], width=1)
+    crop = [
+        round(v * scale) for v in geometry.crop_box_in_image(0, 0, geometry.crop_width, geometry.crop_height)
+    ]
+    draw.rectangle((crop[0], crop[1], crop[2] - 1, crop[3] - 1), outline=(255, 255, 255), width=1)
+    counts = Counter(names)
+    rows = [(KIND_COLOURS[n], f"{KIND_LABELS[n]}: {counts[n]}") for n in KIND_NAMES if counts[n]]
+    rows.append((_dim((200, 200, 200)), f"pruned: {grid[0] * grid[1] - len(indices)}"))
+    draw_legend(result, rows, title)
+    return result
+
+
+def mask_overlay(
+    image: Image.Image, masks: Sequence[np.ndarray], labels: Sequence[str] | None = None, alpha: float = 0.5
+) -> Image.Image:
+    """The image with each boolean mask [H, W] (image size) painted in its own colour, with a legend."""
+    canvas, scale = display_copy(image.convert("RGB"))
+    shown = np.asarray(canvas, dtype=np.float32).copy()
+    rows = []
+    for number, mask in enumerate(masks):
+        colour = MASK_COLOURS[number % len(MASK_COLOURS)]
+        if scale != 1.0:
+            mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(canvas.size)) > 127
+        shown[mask] = (1 - alpha) * shown[mask] + alpha * np.asarray(colour, np.float32)
+        label = labels[number] if labels else f"mask {number}"
+        rows.append((colour, f"{label} ({int(mask.sum() / (scale * scale))} px)"))
+    result = Image.fromarray(shown.clip(0, 255).astype(np.uint8))
+    draw_legend(result, rows)
+    return result
+
+
+def draw_legend(
+    image: Image.Image, rows: Sequence[tuple[tuple[int, int, int], str]], title: str | None = None
+) -> None:
+    """A small legend box (colour swatch + text per row) in the top-left corner, drawn in place."""
+    draw = ImageDraw.Draw(image)
+    font = _font(max(11, min(image.size) // 40))
+    lines = ([(None, title)] if title else []) + list(rows)
+    line_height = font.getbbox("Ag")[3] + 4
+    width = max(draw.textlength(text, font=font) for _, text in lines) + line_height + 12
+    height = line_height * len(lines) + 8
+    draw.rectangle((4, 4, 4 + width, 4 + height), fill=(0, 0, 0))
+    for row, (colour, text) in enumerate(lines):
+        y = 8 + row * line_height
+        x = 10
+        if colour is not None:
+            draw.rectangle((x, y + 2, x + line_height - 6, y + line_height - 4), fill=colour)
+            x += line_height
+        draw.text((x, y), text, fill=(255, 255, 255), font=font)
+
+
+def _patch_box(
+    index: int, grid: tuple[int, int], geometry: CropGeometry, scale: float
+) -> tuple[int, int, int, int]:
+    rows, cols = grid
+    row, col = divmod(index, cols)
+    cell_w, cell_h = geometry.crop_width / cols, geometry.crop_height / rows
+    x0, y0, x1, y1 = geometry.crop_box_in_image(
+        col * cell_w, row * cell_h, (col + 1) * cell_w, (row + 1) * cell_h
+    )
+    return (
+        round(x0 * scale),
+        round(y0 * scale),
+        max(round(x1 * scale), round(x0 * scale) + 1),
+        max(round(y1 * scale), round(y0 * scale) + 1),
+    )
+
+
+def _dim(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    return tuple(int(c * PRUNED_BRIGHTNESS) for c in colour)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has a single bitmap font
+        return ImageFont.load_default()

@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from litelvlm.testing import make_tiny_clip
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def scorer(tiny_clip_dir):
+    from litelvlm.scoring import ClipScorer
+
+    return ClipScorer.from_pretrained(tiny_clip_dir)
+
+
+def random_image(seed: int, width: int = 320, height: int = 240) -> Image.Image:
+    """A smooth random picture (noise blurred by upscaling), so neighbouring patches resemble each other."""
+    rng = np.random.default_rng(seed)
+    small = (rng.random((height // 16 + 1, width // 16 + 1, 3)) * 255).astype(np.uint8)
+    return Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+
+
+@pytest.fixture(scope="session")
+def images():
+    return [random_image(seed, 320 + 16 * seed, 240 - 8 * seed) for seed in range(3)]
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    path = tmp_path / "photo.jpg"
+    random_image(7).save(path, quality=95)
+    return path
