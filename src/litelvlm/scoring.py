@@ -60,6 +60,20 @@ class VisionFeatures:
         """[B, N, D] select-layer patch states (CLS dropped)."""
         return self.hidden[:, 1:]
 
+    @staticmethod
+    def concat(parts: Sequence[VisionFeatures]) -> VisionFeatures:
+        """One batch from several (e.g. per-image features repeated per conversation); derived scores cached
+        in every part stay cached."""
+        cat = lambda name: torch.cat([getattr(part, name) for part in parts])  # noqa: E731
+        shared = set.intersection(*(set(part._cache) for part in parts))
+        return VisionFeatures(
+            cat("hidden"),
+            cat("last_input"),
+            None if any(part.select_input is None for part in parts) else cat("select_input"),
+            parts[0].grid,
+            {name: torch.cat([part._cache[name] for part in parts]) for name in shared},
+        )
+
     def select(self, index: int | slice | torch.Tensor) -> VisionFeatures:
         """The features of a subset of the batch (cached derived tensors included)."""
         pick = (lambda t: t[index : index + 1]) if isinstance(index, int) else (lambda t: t[index])
@@ -243,6 +257,15 @@ class ClipScorer:
             normed = self.vision.post_layernorm(features.patch_features)
             features._cache["projected"] = self.model.visual_projection(normed).float()
         return features._cache["projected"]
+
+    def precompute(self, features: VisionFeatures, needs: frozenset[str] | set[str]) -> None:
+        """Fill the per-image caches a method needs (so copies made with `VisionFeatures.concat` share them)."""
+        if "context" in needs:
+            self.context_scores(features)
+        if needs & {"cls_attention", "keys"}:
+            self.select_layer_attention(features)
+        if "similarity" in needs:
+            self.projected_patches(features)
 
     # ------------------------------------------------------------------ text
     @property

@@ -2,5 +2,14 @@
 
 from .clip import clip_config, full_size_clip_config, make_tiny_clip
 from .clip_tokenizer import write_clip_tokenizer
+from .glamm import make_tiny_glamm
+from .llama_tokenizer import write_tiny_llama_tokenizer
 
-__all__ = ["clip_config", "full_size_clip_config", "make_tiny_clip", "write_clip_tokenizer"]
+__all__ = [
+    "clip_config",
+    "full_size_clip_config",
+    "make_tiny_clip",
+    "make_tiny_glamm",
+    "write_clip_tokenizer",
+    "write_tiny_llama_tokenizer",
+]

@@ -1,0 +1,1 @@
+"""Host models: one module per pixel-grounding VLM."""

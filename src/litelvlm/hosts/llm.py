@@ -1,0 +1,168 @@
+"""Running a LLaVA-style causal LM on text with spliced visual tokens: teacher-forced and generating.
+
+Visual tokens replace the single image placeholder of each sequence; every position that matters later (the
+token before each `[SEG]`, the image span) is computed from the spliced sequence itself, never from a constant.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import LiteLVLMError
+
+IMAGE_TOKEN_INDEX = -200
+_VISUAL = -1  # marks visual positions in the spliced id list (never a real token id)
+
+
+@dataclass
+class SplicedBatch:
+    """A right-padded batch of B sequences with their visual tokens spliced in.
+
+    embeds:         [B, L, H] input embeddings (pads are zeros and masked)
+    attention_mask: [B, L] int64, 1 for real positions
+    lengths:        real length of each sequence
+    image_spans:    (start, stop) of the visual tokens in each sequence
+    spliced_ids:    each sequence's token ids with -1 at visual positions (for locating special tokens)
+    """
+
+    embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    lengths: list[int]
+    image_spans: list[tuple[int, int]]
+    spliced_ids: list[list[int]]
+
+    def positions_before(self, token_id: int) -> list[list[int]]:
+        """Per sequence, the positions whose output predicts `token_id` (one before each occurrence)."""
+        return [[j - 1 for j, token in enumerate(ids) if token == token_id] for ids in self.spliced_ids]
+
+
+def splice_visual_tokens(
+    embed_tokens: torch.nn.Embedding, id_lists: Sequence[Sequence[int]], visual: torch.Tensor
+) -> SplicedBatch:
+    """Replace the one IMAGE_TOKEN_INDEX of each id list by that row's visual tokens.
+
+    id_lists: B token-id lists, each with exactly one -200; visual: [B, K, H] in the LLM's embedding space.
+    """
+    if len(id_lists) != visual.shape[0]:
+        raise ValueError(f"{len(id_lists)} sequences but {visual.shape[0]} rows of visual tokens")
+    device, dtype = embed_tokens.weight.device, embed_tokens.weight.dtype
+    visual = visual.to(device=device, dtype=dtype)
+    num_visual = visual.shape[1]
+    rows, spans, spliced = [], [], []
+    for row, ids in enumerate(id_lists):
+        ids = list(ids)
+        if ids.count(IMAGE_TOKEN_INDEX) != 1:
+            raise LiteLVLMError(
+                f"a prompt must hold exactly one <image>, found {ids.count(IMAGE_TOKEN_INDEX)}."
+            )
+        at = ids.index(IMAGE_TOKEN_INDEX)
+        before = torch.tensor(ids[:at], dtype=torch.long, device=device)
+        after = torch.tensor(ids[at + 1 :], dtype=torch.long, device=device)
+        rows.append(torch.cat([embed_tokens(before), visual[row], embed_tokens(after)]))
+        spans.append((at, at + num_visual))
+        spliced.append(ids[:at] + [_VISUAL] * num_visual + ids[at + 1 :])
+    lengths = [row.shape[0] for row in rows]
+    longest = max(lengths)
+    embeds = torch.zeros(len(rows), longest, rows[0].shape[-1], device=device, dtype=dtype)
+    mask = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
+    for index, row in enumerate(rows):
+        embeds[index, : row.shape[0]] = row
+        mask[index, : row.shape[0]] = 1
+    return SplicedBatch(embeds, mask, lengths, spans, spliced)
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """transformers >= 5.24 calls the KV cache `cache`, earlier releases `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _output_cache(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+@torch.inference_mode()
+def final_hidden_states(decoder: torch.nn.Module, batch: SplicedBatch) -> torch.Tensor:
+    """Teacher-forced pass of a `LlamaModel`-like decoder: the final hidden states after the last norm,
+    [B, L, H]. No KV cache and no logits are computed."""
+    output = decoder(inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, use_cache=False)
+    return output.last_hidden_state
+
+
+def gather_positions(hidden: torch.Tensor, positions: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Rows of hidden [B, L, H] at each sequence's positions, concatenated in order: [sum(len), H]."""
+    pieces = [hidden[row, list(where)] for row, where in enumerate(positions) if where]
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, hidden.shape[-1])
+
+
+@dataclass
+class Generation:
+    """Greedy generation results per sequence: new token ids (up to and including eos) and, for each
+    generated `watch_id` token, the final hidden state [H] of the position that predicted it."""
+
+    tokens: list[list[int]]
+    watched_hidden: list[list[torch.Tensor]]
+
+
+@torch.inference_mode()
+def generate(
+    causal_lm: torch.nn.Module,
+    batch: SplicedBatch,
+    *,
+    eos_id: int,
+    watch_id: int,
+    max_new_tokens: int = 64,
+    choose: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+) -> Generation:
+    """Greedy decoding with a KV cache from a right-padded spliced batch.
+
+    Pads stay in the cache as masked holes and every new token gets the position after its own sequence,
+    so RoPE positions equal those of an unpadded run. `choose(logits [B, V], step) -> [B]` replaces argmax
+    (tests use it to force a known answer through the cached path).
+    """
+    decoder, head = causal_lm.model, causal_lm.lm_head
+    cache_name = _cache_argument(decoder)
+    batch_size = batch.embeds.shape[0]
+    device = batch.embeds.device
+    lengths = torch.tensor(batch.lengths, device=device)
+    rows = torch.arange(batch_size, device=device)
+    positions = torch.arange(batch.embeds.shape[1], device=device).expand(batch_size, -1)
+    output = decoder(
+        inputs_embeds=batch.embeds,
+        attention_mask=batch.attention_mask,
+        position_ids=positions,
+        use_cache=True,
+    )
+    previous_hidden = output.last_hidden_state[rows, lengths - 1]
+    cache, mask = _output_cache(output), batch.attention_mask
+    tokens: list[list[int]] = [[] for _ in range(batch_size)]
+    watched: list[list[torch.Tensor]] = [[] for _ in range(batch_size)]
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        logits = head(previous_hidden).float()
+        next_tokens = choose(logits, step) if choose is not None else logits.argmax(dim=-1)
+        for row in range(batch_size):
+            if finished[row]:
+                continue
+            token = int(next_tokens[row])
+            tokens[row].append(token)
+            if token == watch_id:
+                watched[row].append(previous_hidden[row].clone())
+        finished |= next_tokens == eos_id
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones(batch_size, 1, dtype=mask.dtype, device=device)], dim=1)
+        output = decoder(
+            inputs_embeds=decoder.embed_tokens(next_tokens.clamp(min=0)).unsqueeze(1),
+            attention_mask=mask,
+            position_ids=(lengths + step).unsqueeze(1),
+            use_cache=True,
+            **{cache_name: cache},
+        )
+        cache = _output_cache(output)
+        previous_hidden = output.last_hidden_state[:, -1]
+    return Generation(tokens, watched)

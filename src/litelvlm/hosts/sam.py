@@ -1,0 +1,312 @@
+"""GLaMM's "grounding encoder": a SAM ViT-H built from transformers' SAM modules (spec §2.3, §6.2, §7 steps 9-13).
+
+GLaMM stores SAM under `model.grounding_encoder.` with Meta `segment_anything` key names; `glamm_to_hf_sam_key`
+renames them to the transformers module tree used here. Only the pieces GLaMM runs for referring segmentation
+are wired up: the image encoder, `no_mask_embed` as the dense prompt, the dense positional encoding and the mask
+decoder fed with one text embedding per `[SEG]` as its single sparse token. The point/box/mask prompt modules are
+still built so that every checkpoint tensor has a home (strict loading catches missing or misnamed keys).
+
+Numerics (spec §10): the module runs in its own dtype (bf16 for parity), including the dense positional
+encoding, without autocast; attention is forced to "eager" (explicit softmax, as in Meta's code) rather than SDPA;
+only `postprocess_masks` works in fp32.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from transformers import SamConfig
+from transformers.models.sam.modeling_sam import (
+    SamMaskDecoder,
+    SamPositionalEmbedding,
+    SamPromptEncoder,
+    SamVisionEncoder,
+)
+
+SAM_PREFIX = "model.grounding_encoder."
+
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+# The overrides `sam_vit_h_config` accepts (all shrink the image encoder; the 256-wide prompt encoder and mask
+# decoder, the 1024 image and the 16 patch stay fixed because GLaMM's projection head outputs 256 channels).
+_VISION_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_dim", "window_size")
+
+
+def sam_vit_h_config(**overrides) -> SamConfig:
+    """The `SamConfig` of SAM ViT-H as used by GLaMM (Meta's `build_sam_vit_h`).
+
+    Supported overrides, for building tiny test models with the same key names:
+    `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `mlp_dim` (default 4 * hidden_size),
+    `window_size`, `global_attn_indexes` (image encoder) and `decoder_mlp_dim` (mask-decoder MLP, default 2048).
+    """
+    unknown = set(overrides) - {*_VISION_OVERRIDES, "global_attn_indexes", "decoder_mlp_dim"}
+    if unknown:
+        raise TypeError(f"sam_vit_h_config: unsupported overrides {sorted(unknown)}")
+    hidden = overrides.get("hidden_size", 1280)
+    vision = {
+        "hidden_size": 1280,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 16,
+        "mlp_dim": 4 * hidden,
+        "window_size": 14,
+        "image_size": 1024,
+        "patch_size": 16,
+        "output_channels": 256,
+        "num_pos_feats": 128,
+        "layer_norm_eps": 1e-6,
+        "qkv_bias": True,
+        "use_abs_pos": True,
+        "use_rel_pos": True,
+        "hidden_act": "gelu",
+    }
+    vision.update({k: overrides[k] for k in _VISION_OVERRIDES if k in overrides})
+    vision["global_attn_indexes"] = list(overrides.get("global_attn_indexes", (7, 15, 23, 31)))
+    prompt = {
+        "hidden_size": 256,
+        "image_size": 1024,
+        "patch_size": 16,
+        "mask_input_channels": 16,
+        "num_point_embeddings": 4,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-6,
+    }
+    decoder = {
+        "hidden_size": 256,
+        "hidden_act": "relu",
+        "mlp_dim": overrides.get("decoder_mlp_dim", 2048),
+        "num_hidden_layers": 2,
+        "num_attention_heads": 8,
+        "attention_downsample_rate": 2,
+        "num_multimask_outputs": 3,
+        "iou_head_depth": 3,
+        "iou_head_hidden_dim": 256,
+        # Meta's TwoWayTransformer norms are plain nn.LayerNorm (eps 1e-5); transformers' default here is 1e-6.
+        "layer_norm_eps": 1e-5,
+    }
+    config = SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+    # Eager attention mirrors Meta's explicit matmul-softmax; set on every sub-config (works on 4.x and 5.x).
+    for cfg in (config, config.vision_config, config.prompt_encoder_config, config.mask_decoder_config):
+        cfg._attn_implementation = "eager"
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Key mapping. Each rule maps a Meta key prefix to ours ({i}, {j} match integers); the first matching rule wins
+# and the rest of the key is kept. Keys no rule matches are named the same on both sides (e.g. attn.qkv, mlp.lin1,
+# iou_token, mask_tokens, no_mask_embed, the decoder's *_attn.{q,k,v,out}_proj). The table is used both ways.
+# ---------------------------------------------------------------------------------------------------------------
+_PE_META = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+_PE_OURS = (
+    "prompt_encoder.shared_embedding.positional_embedding",
+    "shared_image_embedding.positional_embedding",
+)
+
+_RULES = [
+    ("image_encoder.patch_embed.proj.", "vision_encoder.patch_embed.projection."),
+    ("image_encoder.blocks.{i}.norm{j}.", "vision_encoder.layers.{i}.layer_norm{j}."),
+    ("image_encoder.blocks.{i}.", "vision_encoder.layers.{i}."),
+    ("image_encoder.neck.0.", "vision_encoder.neck.conv1."),
+    ("image_encoder.neck.1.", "vision_encoder.neck.layer_norm1."),
+    ("image_encoder.neck.2.", "vision_encoder.neck.conv2."),
+    ("image_encoder.neck.3.", "vision_encoder.neck.layer_norm2."),
+    ("image_encoder.", "vision_encoder."),
+    ("prompt_encoder.point_embeddings.", "prompt_encoder.point_embed."),
+    ("prompt_encoder.mask_downscaling.0.", "prompt_encoder.mask_embed.conv1."),
+    ("prompt_encoder.mask_downscaling.1.", "prompt_encoder.mask_embed.layer_norm1."),
+    ("prompt_encoder.mask_downscaling.3.", "prompt_encoder.mask_embed.conv2."),
+    ("prompt_encoder.mask_downscaling.4.", "prompt_encoder.mask_embed.layer_norm2."),
+    ("prompt_encoder.mask_downscaling.6.", "prompt_encoder.mask_embed.conv3."),
+    ("mask_decoder.transformer.layers.{i}.norm{j}.", "mask_decoder.transformer.layers.{i}.layer_norm{j}."),
+    ("mask_decoder.transformer.norm_final_attn.", "mask_decoder.transformer.layer_norm_final_attn."),
+    ("mask_decoder.output_upscaling.0.", "mask_decoder.upscale_conv1."),
+    ("mask_decoder.output_upscaling.1.", "mask_decoder.upscale_layer_norm."),
+    ("mask_decoder.output_upscaling.3.", "mask_decoder.upscale_conv2."),
+    # 3-layer MLPs: Meta's layers.0/1/2 are transformers' proj_in / layers.0 / proj_out.
+    (
+        "mask_decoder.output_hypernetworks_mlps.{i}.layers.0.",
+        "mask_decoder.output_hypernetworks_mlps.{i}.proj_in.",
+    ),
+    (
+        "mask_decoder.output_hypernetworks_mlps.{i}.layers.1.",
+        "mask_decoder.output_hypernetworks_mlps.{i}.layers.0.",
+    ),
+    (
+        "mask_decoder.output_hypernetworks_mlps.{i}.layers.2.",
+        "mask_decoder.output_hypernetworks_mlps.{i}.proj_out.",
+    ),
+    ("mask_decoder.iou_prediction_head.layers.0.", "mask_decoder.iou_prediction_head.proj_in."),
+    ("mask_decoder.iou_prediction_head.layers.1.", "mask_decoder.iou_prediction_head.layers.0."),
+    ("mask_decoder.iou_prediction_head.layers.2.", "mask_decoder.iou_prediction_head.proj_out."),
+]
+
+
+def _pattern(template: str) -> re.Pattern:
+    return re.compile(re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{j\}", r"(?P<j>\d+)"))
+
+
+_FORWARD = [(_pattern(meta), ours) for meta, ours in _RULES]
+_BACKWARD = [(_pattern(ours), meta) for meta, ours in _RULES]
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str:
+    for pattern, template in rules:
+        match = pattern.match(key)
+        if match:
+            return template.format(**match.groupdict()) + key[match.end() :]
+    return key
+
+
+def glamm_to_hf_sam_key(key: str) -> str | list[str]:
+    """Meta `segment_anything` key (GLaMM prefix stripped) -> our key; the PE matrix -> both PE parameters."""
+    if key == _PE_META:
+        return list(_PE_OURS)
+    return _rename(key, _FORWARD)
+
+
+def hf_to_glamm_sam_key(key: str) -> str:
+    """Inverse of `glamm_to_hf_sam_key` (both PE parameters map back to the one Meta buffer)."""
+    return _PE_META if key in _PE_OURS else _rename(key, _BACKWARD)
+
+
+def meta_sam_state_dict_keys(config: SamConfig) -> dict[str, tuple[int, ...]]:
+    """Meta-named keys (no prefix) and shapes of a SAM checkpoint for `config`, derived from our module tree."""
+    with torch.device("meta"):
+        module = GroundingSam(config)
+    return {hf_to_glamm_sam_key(k): tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def _preview(keys: list[str], limit: int = 5) -> str:
+    return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+class GroundingSam(nn.Module):
+    """SAM image encoder + prompt encoder + mask decoder, driven the way GLaMM drives them for `[SEG]` tokens."""
+
+    def __init__(self, config: SamConfig):
+        super().__init__()
+        self.config = config
+        self.vision_encoder = SamVisionEncoder(config.vision_config)
+        # Only no_mask_embed is used; the point/box/mask modules are kept so every checkpoint key has a home.
+        self.prompt_encoder = SamPromptEncoder(config)
+        self.mask_decoder = SamMaskDecoder(config.mask_decoder_config)
+        # The dense-PE matrix; the prompt encoder keeps its own copy (for points/boxes), both loaded from one key.
+        self.shared_image_embedding = SamPositionalEmbedding(config.vision_config)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mask_decoder.iou_token.weight.dtype
+
+    def load_meta_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> None:
+        """Load Meta-named SAM tensors (GLaMM prefix stripped), cast to each parameter's dtype.
+
+        Works on a module built under `torch.device("meta")`: tensors are assigned, not copied (a parameter on a
+        real device receives a copy on that device). A shape mismatch always raises `ValueError`; with `strict`,
+        missing and unexpected keys do too. With `strict=False` several partial dicts can be loaded in turn.
+        """
+        own = self.state_dict()
+        new: dict[str, Tensor] = {}
+        unexpected, mismatched = [], []
+        for key, value in state_dict.items():
+            targets = glamm_to_hf_sam_key(key)
+            for target in [targets] if isinstance(targets, str) else targets:
+                if target not in own:
+                    unexpected.append(key)
+                    break
+                param = own[target]
+                if tuple(value.shape) != tuple(param.shape):
+                    mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(param.shape)}")
+                    break
+                device = value.device if param.device.type == "meta" else param.device
+                new[target] = value.to(device=device, dtype=param.dtype)
+        missing = [k for k in own if k not in new]
+        errors = [f"shape mismatch: {_preview(mismatched)}"] if mismatched else []
+        if strict and missing:
+            errors.append(f"missing keys: {_preview([hf_to_glamm_sam_key(k) for k in missing])}")
+        if strict and unexpected:
+            errors.append(f"unexpected keys: {_preview(unexpected)}")
+        if errors:
+            raise ValueError("cannot load SAM weights; " + "; ".join(errors))
+        self.load_state_dict(new, strict=False, assign=True)
+
+    @torch.no_grad()  # inference only; ViT-H activations would otherwise be kept for backward
+    def embed_image(self, pixel_values: Tensor) -> Tensor:
+        """[B,3,1024,1024] normalised, padded pixels -> image embeddings [B,256,64,64] (module dtype)."""
+        return self.vision_encoder(pixel_values.to(self.dtype))[0]
+
+    def dense_pe(self) -> Tensor:
+        """Dense positional encoding of the 64x64 embedding grid, [1,256,64,64], computed in the PE's dtype.
+
+        Cell centres (i+0.5)/64 go through the random-Fourier PE (2x-1, @ gaussian matrix, *2pi, [sin, cos]); the
+        grid is built in the PE dtype as in GLaMM's SAM, so a bf16 module computes it in bf16 (spec §10).
+        """
+        size = self.config.prompt_encoder_config.image_embedding_size
+        matrix = self.shared_image_embedding.positional_embedding
+        grid = torch.ones((size, size), device=matrix.device, dtype=matrix.dtype)
+        y = (grid.cumsum(dim=0) - 0.5) / size
+        x = (grid.cumsum(dim=1) - 0.5) / size
+        return self.shared_image_embedding(torch.stack([x, y], dim=-1)).permute(2, 0, 1).unsqueeze(0)
+
+    @torch.no_grad()
+    def decode(self, image_embedding: Tensor, prompt_embeddings: Tensor) -> Tensor:
+        """One image's embedding [1,256,64,64] + n `[SEG]` embeddings [n,256] -> low-res mask logits [n,256,256].
+
+        Each embedding is the single sparse token of its own prompt (no padding point, no point/box embeddings),
+        the dense prompt is `no_mask_embed` everywhere and only mask token 0 is kept (`multimask_output=False`).
+        """
+        n = prompt_embeddings.shape[0]
+        if n == 0:
+            return image_embedding.new_zeros((0, 256, 256), dtype=self.dtype)
+        dtype = self.dtype
+        image_embedding = image_embedding.to(dtype)
+        height, width = image_embedding.shape[-2:]
+        # transformers' decoder layout: [image batch 1, prompt batch n, tokens 1, 256]; the decoder repeats the
+        # image (+ dense prompt) per prompt itself, which gives the same values as Meta's repeat-then-add.
+        sparse = prompt_embeddings.to(dtype)[None, :, None, :]
+        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, height, width)
+        masks, _ = self.mask_decoder(
+            image_embeddings=image_embedding,
+            image_positional_embeddings=self.dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return masks[0, :, 0]  # [1, n, 1, 256, 256] -> [n, 256, 256]
+
+
+def sam_preprocess(image: Image.Image, size: int = 1024) -> tuple[Tensor, tuple[int, int], tuple[int, int]]:
+    """SAM input of spec §6.2: ResizeLongestSide (PIL bilinear on uint8), normalise in 0-255, pad right/bottom.
+
+    Returns (pixels [3,size,size] float32, resized (h, w), original (H, W)). Cast to the model dtype is left to
+    `GroundingSam.embed_image`.
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    width, height = image.size
+    scale = size * 1.0 / max(height, width)
+    new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)  # as ResizeLongestSide rounds
+    resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    pixels = torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1).float()
+    mean = torch.tensor(SAM_PIXEL_MEAN).view(3, 1, 1)
+    std = torch.tensor(SAM_PIXEL_STD).view(3, 1, 1)
+    out = torch.zeros((3, size, size), dtype=torch.float32)  # padding is 0 after normalisation
+    out[:, :new_h, :new_w] = (pixels - mean) / std
+    return out, (new_h, new_w), (height, width)
+
+
+def postprocess_masks(
+    low_res: Tensor, resized: tuple[int, int], original: tuple[int, int], size: int = 1024
+) -> Tensor:
+    """Low-res logits [n,256,256] -> fp32 logits [n,H,W]: upsample to size x size, crop to `resized`, resize to
+    `original` (bilinear, align_corners=False, spec §7 step 13). Thresholding (> 0) is the caller's job."""
+    masks = low_res.float()[:, None]
+    masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
+    masks = masks[..., : resized[0], : resized[1]]
+    masks = F.interpolate(masks, (int(original[0]), int(original[1])), mode="bilinear", align_corners=False)
+    return masks[:, 0]
