@@ -1,13 +1,23 @@
-import numpy as np
-import pytest
-from PIL import Image
+import os
 
-from litelvlm.testing import make_tiny_clip
+# Tests never touch the network: make hub lookups fail fast instead of retrying.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from litelvlm.testing import make_tiny_clip, make_tiny_glamm  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_glamm_dir(tmp_path_factory):
+    return make_tiny_glamm(tmp_path_factory.mktemp("tiny-glamm"), seed=0)
 
 
 @pytest.fixture(scope="session")

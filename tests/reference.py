@@ -109,3 +109,29 @@ def visionzip_reference(features, keys, cls_attention, dominant, contextual):
             out_idx.append(t)
             out_feat.append(features[t] + merged)
     return out_idx, torch.stack(out_feat)
+
+
+def glamm_reference_logits(predictor, image, expressions, question_templates, answer_templates):
+    """GLaMM's unpruned path as its code does it (spec section 7), for one image and one conversation:
+    CLIP hidden_states[-2] patches -> projector -> splice all 576 -> LlamaModel -> the constant-offset
+    [SEG] mask of GLaMM ([575 x False] + (ids[1:] == SEG) + [False]) -> text_hidden_fcs -> SAM.
+    Returns mask logits [n, H, W]."""
+    from litelvlm.hosts.glamm_text import build_turns, render_conversation
+    from litelvlm.hosts.sam import postprocess_masks, sam_preprocess
+
+    model, tokenizer, clip = predictor.model, predictor.tokenizer, predictor.scorer.model
+    with torch.no_grad():
+        pixels = predictor.scorer.preprocess([image]).to(clip.dtype)
+        hidden = clip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+        visual = model.projector(hidden[0, 1:].to(model.dtype))
+        turns = build_turns(expressions, question_templates, answer_templates)
+        ids = tokenizer.encode_with_image(render_conversation(turns))
+        at = ids.index(-200)
+        embed = model.llm.model.embed_tokens
+        embeds = torch.cat([embed(torch.tensor(ids[:at])), visual, embed(torch.tensor(ids[at + 1 :]))])
+        states = model.llm.model(inputs_embeds=embeds[None]).last_hidden_state[0]
+        seg_mask = [False] * 575 + [token == tokenizer.seg_id for token in ids[1:]] + [False]
+        prompts = model.text_hidden_fcs(states[torch.tensor(seg_mask)])
+        sam_pixels, resized, original = sam_preprocess(image)
+        embedding = model.sam.embed_image(sam_pixels[None])
+        return postprocess_masks(model.sam.decode(embedding, prompts), resized, original)

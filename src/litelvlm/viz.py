@@ -42,59 +42,59 @@ def display_copy(image: Image.Image) -> tuple[Image.Image, float]:
     return image.resize(size, resample), scale
 
 
-def token_overlay(
+def overlay(
     image: Image.Image,
-    indices: Sequence[int],
-    kinds: Sequence[int] | Sequence[str] | None,
-    grid: tuple[int, int],
-    geometry: CropGeometry,
+    *,
+    indices: Sequence[int] | None = None,
+    kinds: Sequence[int] | Sequence[str] | None = None,
+    grid: tuple[int, int] | None = None,
+    geometry: CropGeometry | None = None,
+    masks: Sequence[np.ndarray] = (),
+    mask_labels: Sequence[str] | None = None,
     title: str | None = None,
+    alpha: float = 0.45,
 ) -> Image.Image:
-    """The image with kept patches in full colour, outlined by kind, and pruned patches dimmed.
+    """The image for viewing, with kept tokens and/or masks, and one legend.
 
-    indices: kept patch indices (raster over `grid`); kinds: codes into KIND_NAMES or names, one per index.
+    indices: kept patch indices (raster over `grid`); kinds: codes into KIND_NAMES or names, one per index;
     geometry: where CLIP's centre crop lies in `image` (parts outside it were never seen and stay dimmed).
+    Pruned patches are dimmed, kept ones shown in full colour with an outline by kind.
+    masks: boolean [H, W] arrays at the image's size, painted in their own colours.
     """
     canvas, scale = display_copy(image.convert("RGB"))
     original = np.asarray(canvas, dtype=np.float32)
-    shown = original * PRUNED_BRIGHTNESS
-    names = [KIND_NAMES[k] if isinstance(k, int) else k for k in (kinds or ["kept"] * len(indices))]
-    boxes = [_patch_box(int(index), grid, geometry, scale) for index in indices]
-    for (x0, y0, x1, y1), name in zip(boxes, names):
-        tint = np.asarray(KIND_COLOURS[name], dtype=np.float32)
-        region = original[y0:y1, x0:x1]
-        shown[y0:y1, x0:x1] = 0.8 * region + 0.2 * tint
+    shown = original.copy()
+    rows: list[tuple[tuple[int, int, int], str]] = []
+    boxes, names = [], []
+    if indices is not None:
+        shown *= PRUNED_BRIGHTNESS
+        names = [KIND_NAMES[k] if isinstance(k, int) else k for k in (kinds or ["kept"] * len(indices))]
+        boxes = [_patch_box(int(index), grid, geometry, scale) for index in indices]
+        for (x0, y0, x1, y1), name in zip(boxes, names):
+            tint = np.asarray(KIND_COLOURS[name], dtype=np.float32)
+            shown[y0:y1, x0:x1] = 0.8 * original[y0:y1, x0:x1] + 0.2 * tint
+        counts = Counter(names)
+        rows += [(KIND_COLOURS[n], f"{KIND_LABELS[n]}: {counts[n]}") for n in KIND_NAMES if counts[n]]
+        rows.append((_dim((200, 200, 200)), f"pruned: {grid[0] * grid[1] - len(indices)}"))
+    for number, mask in enumerate(masks):
+        colour = MASK_COLOURS[number % len(MASK_COLOURS)]
+        shown_mask = mask
+        if mask.shape[::-1] != canvas.size:
+            shown_mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(canvas.size)) > 127
+        shown[shown_mask] = (1 - alpha) * shown[shown_mask] + alpha * np.asarray(colour, np.float32)
+        label = mask_labels[number] if mask_labels else f"mask {number}"
+        rows.append((colour, f"{label} ({int(mask.sum())} px)"))
     result = Image.fromarray(shown.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(result)
     for (x0, y0, x1, y1), name in zip(boxes, names):
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=KIND_COLOURS[name], width=1)
-    crop = [
-        round(v * scale) for v in geometry.crop_box_in_image(0, 0, geometry.crop_width, geometry.crop_height)
-    ]
-    draw.rectangle((crop[0], crop[1], crop[2] - 1, crop[3] - 1), outline=(255, 255, 255), width=1)
-    counts = Counter(names)
-    rows = [(KIND_COLOURS[n], f"{KIND_LABELS[n]}: {counts[n]}") for n in KIND_NAMES if counts[n]]
-    rows.append((_dim((200, 200, 200)), f"pruned: {grid[0] * grid[1] - len(indices)}"))
+    if geometry is not None and indices is not None:
+        crop = [
+            round(v * scale)
+            for v in geometry.crop_box_in_image(0, 0, geometry.crop_width, geometry.crop_height)
+        ]
+        draw.rectangle((crop[0], crop[1], crop[2] - 1, crop[3] - 1), outline=(255, 255, 255), width=1)
     draw_legend(result, rows, title)
-    return result
-
-
-def mask_overlay(
-    image: Image.Image, masks: Sequence[np.ndarray], labels: Sequence[str] | None = None, alpha: float = 0.5
-) -> Image.Image:
-    """The image with each boolean mask [H, W] (image size) painted in its own colour, with a legend."""
-    canvas, scale = display_copy(image.convert("RGB"))
-    shown = np.asarray(canvas, dtype=np.float32).copy()
-    rows = []
-    for number, mask in enumerate(masks):
-        colour = MASK_COLOURS[number % len(MASK_COLOURS)]
-        if scale != 1.0:
-            mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(canvas.size)) > 127
-        shown[mask] = (1 - alpha) * shown[mask] + alpha * np.asarray(colour, np.float32)
-        label = labels[number] if labels else f"mask {number}"
-        rows.append((colour, f"{label} ({int(mask.sum() / (scale * scale))} px)"))
-    result = Image.fromarray(shown.clip(0, 255).astype(np.uint8))
-    draw_legend(result, rows)
     return result
 
 

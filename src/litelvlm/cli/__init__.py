@@ -10,9 +10,9 @@ import sys
 import warnings
 
 from ..errors import LiteLVLMError
-from . import select_command
+from . import segment_command, select_command
 
-COMMANDS = (select_command,)
+COMMANDS = (select_command, segment_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -92,10 +92,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(payload))
     if overlay_path is not None:
-        from ..viz import token_overlay
+        from ..viz import overlay
 
-        geometry = scorer.preprocess.geometry(*image.size)
-        title = f"{args.method} @ {min(args.budget, scores.num_patches)}/{scores.num_patches}"
-        overlay = token_overlay(image, payload["indices"], payload["kinds"], scores.grid, geometry, title)
-        save_png(overlay_path, overlay)
+        picture = overlay(
+            image,
+            indices=payload["indices"],
+            kinds=payload["kinds"],
+            grid=scores.grid,
+            geometry=scorer.preprocess.geometry(*image.size),
+            title=f"{args.method} @ {min(args.budget, scores.num_patches)}/{scores.num_patches}",
+        )
+        save_png(overlay_path, picture)
     return 0

@@ -7,7 +7,7 @@ and `predict` answers many expressions, methods and budgets against it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -168,6 +168,7 @@ class GlammPredictor:
         turns_per_conversation: int = MAX_TURNS,
         text_source: str = "questions",
         max_new_tokens: int = 64,
+        decoding: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
         **method_options,
     ) -> Prediction | list[Prediction]:
         """Masks for the expressions of the set image (a list of str), or of each set image (a list of lists).
@@ -175,7 +176,9 @@ class GlammPredictor:
         Teacher-forced (default, the evaluation protocol): expressions go into multi-turn conversations of up
         to `turns_per_conversation` (GLaMM: 3; 1 = each alone, LISA style) with the answers in the input.
         `generate_answer=True`: each expression is its own conversation and the model writes the answer; its
-        masks come from the [SEG] tokens it generated. Conversations of all images run as one padded batch.
+        masks come from the [SEG] tokens it generated; `decoding(logits [B, V], step) -> [B]` replaces greedy
+        argmax. Conversations of all images run as one padded batch. `method_options` go to the selection
+        method (e.g. order="raster", seed=1, full_budget="method").
         """
         if not self._images:
             raise LiteLVLMError("no image is set; call set_image(image) before predict(expressions).")
@@ -198,7 +201,7 @@ class GlammPredictor:
         timer = StageTimer(self.device)
         with timer("selection"):
             selection = self._select(conversations, entry, budget, method_options)
-        results = self._run(conversations, selection, generate_answer, max_new_tokens, timer)
+        results = self._run(conversations, selection, generate_answer, max_new_tokens, decoding, timer)
         predictions = []
         for image in range(len(per_image)):
             mine = [r for r in results if conversations[r.conversation].image == image]
@@ -208,7 +211,7 @@ class GlammPredictor:
                     method,
                     budget,
                     selection.budget,
-                    permuted=selection.budget == self.scorer.num_patches and not _is_identity(selection),
+                    permuted=selection.is_permutation_of_all(self.scorer.num_patches),
                     timings={**getattr(self, "_set_timings", {}), **timer.as_dict()},
                 )
             )
@@ -228,7 +231,7 @@ class GlammPredictor:
 
     @torch.inference_mode()
     def _run(
-        self, conversations, selection: Selection, generate_answer, max_new_tokens, timer
+        self, conversations, selection: Selection, generate_answer, max_new_tokens, decoding, timer
     ) -> list[ExpressionResult]:
         model, tokenizer = self.model, self.tokenizer
         with timer("projector"):
@@ -244,6 +247,7 @@ class GlammPredictor:
                     eos_id=tokenizer.eos_id,
                     watch_id=tokenizer.seg_id,
                     max_new_tokens=max_new_tokens,
+                    choose=decoding,
                 )
                 answers = [tokenizer.decode(tokens) for tokens in output.tokens]
                 # one expression per conversation: its mask comes from the first generated [SEG]
@@ -285,11 +289,6 @@ class GlammPredictor:
                 answer = answers[index] if generate_answer else answers[index][k]
                 results.append(ExpressionResult(expression, masks[k], answer, index, kept, kinds))
         return results
-
-
-def _is_identity(selection: Selection) -> bool:
-    expected = torch.arange(selection.budget, device=selection.indices.device)
-    return bool((selection.indices == expected).all())
 
 
 def _per_image(expressions, num_images: int) -> list[list[str]]:

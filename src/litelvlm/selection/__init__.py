@@ -4,6 +4,7 @@ from . import baselines, divprune, litelvlm, visionzip  # noqa: F401  (registrat
 from .base import (
     CONTEXT,
     DOMINANT,
+    FULL_BUDGET_MODES,
     KEPT,
     KIND_NAMES,
     LOW_SIMILARITY,
@@ -23,6 +24,7 @@ from .litelvlm import ORDERS
 __all__ = [
     "CONTEXT",
     "DOMINANT",
+    "FULL_BUDGET_MODES",
     "KEPT",
     "KIND_NAMES",
     "LOW_SIMILARITY",

@@ -76,6 +76,11 @@ class Selection:
     def budget(self) -> int:
         return self.indices.shape[1]
 
+    def is_permutation_of_all(self, num_patches: int) -> bool:
+        """Every patch kept, but not all rows in raster order (e.g. LiteLVLM's paper order at full budget)."""
+        raster = torch.arange(num_patches, device=self.indices.device)
+        return self.budget == num_patches and not bool((self.indices == raster).all())
+
     def kind_names(self, sample: int = 0) -> list[str]:
         return [KIND_NAMES[code] for code in self.kinds[sample].tolist()]
 
@@ -155,12 +160,28 @@ def keep_all(batch_size: int, num_patches: int, device: torch.device | str = "cp
     return Selection(indices, torch.full_like(indices, KEPT))
 
 
-def select_tokens(method: str, scores: TokenScores, budget: int, **options) -> Selection:
-    """Run a registered method. A budget >= N keeps every patch in raster order, for every method."""
+FULL_BUDGET_MODES = ("identity", "method")
+
+
+def select_tokens(
+    method: str, scores: TokenScores, budget: int, *, full_budget: str = "identity", **options
+) -> Selection:
+    """Run a registered method on scores for B images; returns [B, min(budget, N)] kept patch indices.
+
+    A budget >= N keeps every patch. With full_budget="identity" (default) that is raster order, for every
+    method (no pruning at all). full_budget="method" runs the method at budget N instead, which for
+    LiteLVLM's paper order is the authors' behaviour: all patches, permuted.
+    """
     entry = get_method(method)
     budget = check_budget(budget)
+    if full_budget not in FULL_BUDGET_MODES:
+        raise LiteLVLMError(
+            f"full_budget must be one of {', '.join(FULL_BUDGET_MODES)}, got {full_budget!r}."
+        )
     if budget >= scores.num_patches:
-        return keep_all(scores.batch_size, scores.num_patches, scores.device)
+        if full_budget == "identity":
+            return keep_all(scores.batch_size, scores.num_patches, scores.device)
+        budget = scores.num_patches
     scores.require(method, *sorted(entry.needs))
     return entry.fn(scores, budget, **options)
 

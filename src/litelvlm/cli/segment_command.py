@@ -1,0 +1,194 @@
+"""`litelvlm segment`: masks for referring expressions with a pruned GLaMM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ..errors import LiteLVLMError
+from . import arguments
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment referring expressions with GLaMM at a visual-token budget",
+        description="Run GLaMM-RefSeg with the chosen token-selection method and write one mask PNG per "
+        "expression. Up to 3 expressions share one multi-turn conversation (GLaMM's evaluation format); more "
+        "are split into further conversations of 3, run as one batch. With --generate each expression is its "
+        "own conversation and the model writes the answer.",
+    )
+    parser.add_argument(
+        "--model", required=True, help="GLaMM checkpoint directory or hub id (MBZUAI/GLaMM-RefSeg)"
+    )
+    parser.add_argument(
+        "--clip", help="CLIP checkpoint dir or hub id (default: the model config's mm_vision_tower)"
+    )
+    parser.add_argument("--image", required=True, help="image file")
+    parser.add_argument(
+        "--text", action="append", required=True, help="a referring expression; repeat for more"
+    )
+    parser.add_argument(
+        "--budget",
+        type=arguments.budget,
+        default=576,
+        help="visual tokens fed to the LLM; >= 576 keeps them all (no pruning) (default 576)",
+    )
+    parser.add_argument("--method", type=arguments.method, default="litelvlm", help="selection method")
+    parser.add_argument("--order", choices=("paper", "raster"), default="paper", help="litelvlm token order")
+    parser.add_argument(
+        "--full-budget",
+        choices=("identity", "method"),
+        default="identity",
+        help="at a budget >= 576: keep all tokens in raster order (identity) or run the method anyway "
+        "(litelvlm paper order then permutes them, as the authors' code does)",
+    )
+    parser.add_argument("--low-similarity-share", type=arguments.share, default=1.0, help="litelvlm split")
+    parser.add_argument("--text-source", choices=("questions", "expressions"), default="questions")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random method")
+    parser.add_argument("--generate", action="store_true", help="let the model write its answer (greedy)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="generation length limit")
+    parser.add_argument(
+        "--out", required=True, help="mask PNG; with several expressions NAME_0.png, NAME_1.png, ..."
+    )
+    parser.add_argument("--overlay", help="PNG of the image with the masks and the kept tokens")
+    parser.add_argument("--json", help="write indices, answers, mask areas and per-stage timings here")
+    arguments.add_device_arguments(parser, default_dtype="bfloat16")
+    parser.set_defaults(run=run)
+
+
+def mask_paths(out: Path, count: int) -> list[Path]:
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{index}{out.suffix}") for index in range(count)]
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from ..hosts.glamm_predictor import GlammPredictor
+    from ..images import load_image
+    from ..io import save_png, write_json
+    from ..scoring import check_text
+    from ..selection import get_method
+
+    out = arguments.check_output_file(args.out, "--out")
+    if out.suffix.lower() != ".png":
+        raise LiteLVLMError(f"--out {args.out!r} must name a .png file (masks are stored losslessly).")
+    overlay_path = arguments.check_output_file(args.overlay, "--overlay")
+    json_path = arguments.check_output_file(args.json, "--json")
+    if args.max_new_tokens < 1:
+        raise LiteLVLMError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    expressions = [check_text(text) for text in args.text]
+    image = load_image(args.image)
+    method = get_method(args.method)
+    device = arguments.resolve_device(args.device)
+    start = time.perf_counter()
+    predictor = GlammPredictor.from_pretrained(
+        args.model, clip=args.clip, dtype=arguments.resolve_dtype(args.dtype), device=device
+    )
+    load_seconds = time.perf_counter() - start
+    predictor.set_image(image)
+    options = method.supported(
+        order=args.order, low_similarity_share=args.low_similarity_share, seed=args.seed
+    )
+    prediction = predictor.predict(
+        expressions,
+        budget=args.budget,
+        method=args.method,
+        generate_answer=args.generate,
+        text_source=args.text_source,
+        max_new_tokens=args.max_new_tokens,
+        full_budget=args.full_budget,
+        **options,
+    )
+    paths = mask_paths(out, len(expressions))
+    records = []
+    for number, (result, path) in enumerate(zip(prediction.results, paths)):
+        if result.mask is None:
+            print(
+                f"litelvlm segment: expression {number} ({result.expression!r}): the model generated no [SEG] "
+                f"token (answer: {result.answer!r}); no mask written.",
+                flush=True,
+            )
+        else:
+            save_png(path, Image.fromarray(result.mask.astype(np.uint8) * 255))
+        records.append(
+            {
+                "text": result.expression,
+                "answer": result.answer,
+                "seg_found": result.seg_found,
+                "mask_file": str(path) if result.mask is not None else None,
+                "mask_area": int(result.mask.sum()) if result.mask is not None else 0,
+                "conversation": result.conversation,
+            }
+        )
+    conversations = {}
+    for result in prediction.results:
+        conversations.setdefault(result.conversation, {"indices": result.indices, "kinds": result.kinds})
+    timings = dict(prediction.timings)
+    timings["total"] = sum(timings.values())
+    if overlay_path is not None:
+        save_png(overlay_path, _overlay(image, prediction, predictor, conversations, args))
+    if json_path is not None:
+        write_json(
+            json_path,
+            {
+                "method": args.method,
+                "budget": args.budget,
+                "num_patches": predictor.scorer.num_patches,
+                "num_visual_tokens": prediction.num_visual_tokens,
+                "permuted": prediction.permuted,
+                "generate": args.generate,
+                "image": args.image,
+                "image_size": list(image.size),
+                "expressions": records,
+                "conversations": [conversations[key] for key in sorted(conversations)],
+                "options": options,
+                "timings": timings,
+                "load_seconds": load_seconds,
+                "model": args.model,
+                "dtype": args.dtype,
+                "device": device,
+            },
+        )
+    found = sum(record["seg_found"] for record in records)
+    print(
+        json.dumps(
+            {"masks": found, "of": len(records), "files": [r["mask_file"] for r in records if r["mask_file"]]}
+        )
+    )
+    return 0
+
+
+def _overlay(image, prediction, predictor, conversations, args):
+    """One panel per conversation: its kept tokens (dimmed where pruned) under its expressions' masks."""
+    from PIL import Image
+
+    from ..viz import overlay
+
+    geometry = predictor.scorer.preprocess.geometry(*image.size)
+    panels = []
+    for number, tokens in sorted(conversations.items()):
+        mine = [r for r in prediction.results if r.conversation == number and r.mask is not None]
+        panels.append(
+            overlay(
+                image,
+                indices=tokens["indices"],
+                kinds=tokens["kinds"],
+                grid=predictor.scorer.grid,
+                geometry=geometry,
+                masks=[r.mask for r in mine],
+                mask_labels=[r.expression for r in mine],
+                title=f"{args.method} @ {prediction.num_visual_tokens}/{predictor.scorer.num_patches}",
+            )
+        )
+    canvas = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)))
+    x = 0
+    for panel in panels:
+        canvas.paste(panel, (x, 0))
+        x += panel.width
+    return canvas
