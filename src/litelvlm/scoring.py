@@ -16,6 +16,7 @@ import inspect
 import math
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from .images import ClipPreprocess, load_image
 from .selection import TokenScores, get_method
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"
+TEXT_CACHE_SIZE = 4096
 ALL_SCORES = frozenset({"similarity", "context", "cls_attention", "features", "keys"})
 
 
@@ -126,6 +128,7 @@ class ClipScorer:
         self._legacy_layers = _layer_call_style(self.vision.encoder.layers[0])
         self._features: VisionFeatures | None = None
         self._warned_truncation = False
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -274,10 +277,25 @@ class ClipScorer:
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """CLIP `text_embeds` [T, P] (float32, not normalised); longer texts are truncated (one warning)."""
+        """CLIP `text_embeds` [T, P] (float32, not normalised); longer texts are truncated (one warning).
+
+        Embeddings are cached by text (LRU), so an evaluation sweeping methods and budgets encodes each
+        question once.
+        """
         if self.tokenizer is None:
             raise LiteLVLMError("this ClipScorer has no tokenizer; load it with ClipScorer.from_pretrained.")
         texts = [check_text(text) for text in texts]
+        missing = list(dict.fromkeys(text for text in texts if text not in self._text_cache))
+        if missing:
+            for text, embed in zip(missing, self._encode_uncached(missing)):
+                self._text_cache[text] = embed
+                if len(self._text_cache) > TEXT_CACHE_SIZE:
+                    self._text_cache.popitem(last=False)
+        for text in texts:
+            self._text_cache.move_to_end(text)
+        return torch.stack([self._text_cache[text] for text in texts])
+
+    def _encode_uncached(self, texts: list[str]) -> torch.Tensor:
         limit = self.max_text_tokens
         lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
         if max(lengths) > limit and not self._warned_truncation:
@@ -285,15 +303,11 @@ class ClipScorer:
             longest = texts[lengths.index(max(lengths))]
             warnings.warn(
                 f"text {longest[:40]!r}... has {max(lengths)} CLIP tokens; texts are truncated to {limit}.",
-                stacklevel=2,
+                stacklevel=3,
             )
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-        batch = {
-            key: value.to(self.device)
-            for key, value in batch.items()
-            if key in ("input_ids", "attention_mask")
-        }
-        pooled = self.model.text_model(**batch).pooler_output
+        inputs = {key: batch[key].to(self.device) for key in ("input_ids", "attention_mask")}
+        pooled = self.model.text_model(**inputs).pooler_output
         return self.model.text_projection(pooled).float()
 
     # ------------------------------------------------------------------ scores

@@ -10,9 +10,9 @@ import sys
 import warnings
 
 from ..errors import LiteLVLMError
-from . import segment_command, select_command
+from . import analyze_command, eval_command, segment_command, select_command
 
-COMMANDS = (select_command, segment_command)
+COMMANDS = (select_command, segment_command, eval_command, analyze_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,24 @@ def method(text: str) -> str:
     return text
 
 
+def method_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one method, e.g. litelvlm,random")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a method is listed twice in {text!r}")
+    return [method(name) for name in names]
+
+
+def budget_list(text: str) -> list[int]:
+    values = [budget(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one budget, e.g. 576,192,64")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"a budget is listed twice in {text!r}")
+    return values
+
+
 def check_output_file(path: str | None, flag: str) -> Path | None:
     """An output path whose directory exists (checked before any slow work)."""
     if path is None:

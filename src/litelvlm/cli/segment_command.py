@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     conversations = {}
     for result in prediction.results:
         conversations.setdefault(result.conversation, {"indices": result.indices, "kinds": result.kinds})
-    timings = dict(prediction.timings)
+    timings = {**predictor.image_timings, **prediction.timings}
     timings["total"] = sum(timings.values())
     if overlay_path is not None:
         save_png(overlay_path, _overlay(image, prediction, predictor, conversations, args))

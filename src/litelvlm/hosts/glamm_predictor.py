@@ -62,7 +62,8 @@ class ExpressionResult:
 @dataclass
 class Prediction:
     """All expressions of one image. `permuted`: every patch kept but not in raster order (the authors'
-    LiteLVLM at full budget)."""
+    LiteLVLM at full budget). `timings`: seconds per stage of this call (the batch's, when several images were
+    predicted together); `GlammPredictor.image_timings` holds those of `set_image`."""
 
     results: list[ExpressionResult]
     method: str
@@ -96,6 +97,7 @@ class GlammPredictor:
         self.tokenizer = tokenizer
         self.scorer = scorer
         self._images: list[ImageState] = []
+        self.image_timings: dict[str, float] = {}  # stage seconds of the last set_image
         if scorer.vision.config.hidden_size != model.config.mm_hidden_size:
             raise LiteLVLMError(
                 f"the CLIP tower is {scorer.vision.config.hidden_size} wide but GLaMM's projector expects "
@@ -148,7 +150,7 @@ class GlammPredictor:
             ImageState(features.select(i), embeddings[i : i + 1], resized, original)
             for i, (_, resized, original) in enumerate(prepared)
         ]
-        self._set_timings = timer.as_dict()
+        self.image_timings = timer.as_dict()
         return self._images
 
     def set_image_states(self, states: Sequence[ImageState]) -> None:
@@ -212,7 +214,7 @@ class GlammPredictor:
                     budget,
                     selection.budget,
                     permuted=selection.is_permutation_of_all(self.scorer.num_patches),
-                    timings={**getattr(self, "_set_timings", {}), **timer.as_dict()},
+                    timings=timer.as_dict(),
                 )
             )
         return predictions[0] if isinstance(expressions[0], str) else predictions

@@ -77,7 +77,9 @@ def random_glamm_predictor(
 ) -> GlammPredictor:
     """A GlammPredictor at GLaMM-7B's architecture with random weights; the tokenizer is a small SentencePiece
     model with GLaMM's 7 added tokens (ids stay below the 32,007-row embedding)."""
-    model = random_glamm(full_size_glamm_config(llm_layers, sam_layers), dtype=dtype, device=device, seed=seed)
+    model = random_glamm(
+        full_size_glamm_config(llm_layers, sam_layers), dtype=dtype, device=device, seed=seed
+    )
     directory = Path(tempfile.mkdtemp(prefix="litelvlm-llama-tokenizer-"))
     write_tiny_llama_tokenizer(directory, vocab_size=1100)
     return GlammPredictor(model, GlammTokenizer.from_pretrained(directory), random_clip(dtype, device, seed))

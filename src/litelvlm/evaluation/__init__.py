@@ -1,0 +1,1 @@
+"""Evaluation of referring segmentation: metrics, protocols, the evaluation loop and its reports."""

@@ -1,0 +1,169 @@
+"""The evaluation loop: images x methods x budgets, sharded over processes, resumable at any moment.
+
+Text-independent work (CLIP vision pass, SAM image embedding, per-image CLIP scores) is done once per image
+and shared by every method, budget and expression. Each (image, method, budget) unit's records are written
+ahead (see records.py) before the next unit starts; the aggregates are computed from the records at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import LiteLVLMError
+from ..io import format_json, write_atomic
+from .metrics import intersection_union, summarize
+from .protocols import image_generator, plan_image
+from .records import RecordLog
+from .report import write_reports
+
+RUN_FILE = "run.json"
+# Fields of the run configuration that must match for a run to be resumed.
+IDENTITY_FIELDS = ("data", "dataset", "split", "protocol", "seed", "limit", "model", "clip", "dtype", "options",
+                   "methods", "budgets")  # fmt: skip
+
+
+def unit_key(image_id, method: str, budget: int) -> str:
+    return f"{image_id}|{method}|{budget}"
+
+
+def kept_hash(indices: list[int]) -> str:
+    return hashlib.sha1(",".join(map(str, indices)).encode()).hexdigest()[:16]
+
+
+def prepare_run(directory: Path, config: dict, is_main: bool) -> None:
+    """Create the run directory with its run.json, or check that an existing one is the same run."""
+    path = directory / RUN_FILE
+    if path.exists():
+        previous = json.loads(path.read_text())
+        changed = [name for name in IDENTITY_FIELDS if previous.get(name) != config.get(name)]
+        if changed:
+            raise LiteLVLMError(
+                f"{str(directory)!r} holds a run with a different {', '.join(changed)}; "
+                "resume it with the same arguments, or pass another --out."
+            )
+        return
+    if is_main:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, format_json(config).encode())
+
+
+def evaluate(
+    predictor,
+    dataset,
+    config: dict,
+    directory: str | Path,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+    progress: bool = True,
+    method_options: dict | None = None,
+) -> dict | None:
+    """Run (or resume) an evaluation; returns the results payload on rank 0 (None elsewhere).
+
+    config: methods, budgets, protocol, seed, limit, text_source and the identity fields saved in run.json.
+    Images are sharded round-robin over `world` processes; `barrier` synchronises them before merging.
+    """
+    directory = Path(directory)
+    methods, budgets = config["methods"], config["budgets"]
+    images = dataset.images[: config["limit"]] if config.get("limit") else list(dataset.images)
+    config = {**config, "num_images": len(images)}
+    prepare_run(directory, config, rank == 0)
+    barrier()
+    log = RecordLog(directory, rank)
+    done = log.completed_units()
+    mine = [(index, image) for index, image in enumerate(images) if index % world == rank]
+    sums = defaultdict(list)
+    bar = tqdm(mine, unit="img", disable=not progress or rank != 0, desc=f"{config.get('dataset', 'eval')}")
+    for image_index, image in bar:
+        todo = [(m, b) for m in methods for b in budgets if unit_key(image.image_id, m, b) not in done]
+        if not todo:
+            continue
+        plan = plan_image(image, config["protocol"], config["seed"])
+        truths = {}
+        predictor.set_image(image.path)
+        for method, budget in todo:
+            prediction = predictor.predict(
+                [query.sentence for query in plan.queries],
+                budget=budget,
+                method=method,
+                question_templates=[query.question_template for query in plan.queries],
+                answer_templates=[query.answer_template for query in plan.queries],
+                turns_per_conversation=plan.turns_per_conversation,
+                text_source=config.get("text_source", "questions"),
+                **_options_for(method, image.image_id, config["seed"], method_options),
+            )
+            records = []
+            for number, (query, result) in enumerate(zip(plan.queries, prediction.results)):
+                referent = query.referent
+                if referent.ref_id not in truths:
+                    truths[referent.ref_id] = dataset.mask(referent)
+                intersection, union = intersection_union(result.mask, truths[referent.ref_id])
+                records.append(
+                    {
+                        "image_id": image.image_id,
+                        "image_index": image_index,
+                        "ref_id": referent.ref_id,
+                        "sentence": query.sentence,
+                        "sentence_index": query.sentence_index,
+                        "query": number,
+                        "conversation": result.conversation,
+                        "question_template": query.question_template,
+                        "answer_template": query.answer_template,
+                        "method": method,
+                        "budget": budget,
+                        "num_visual_tokens": prediction.num_visual_tokens,
+                        "intersection": intersection,
+                        "union": union,
+                        "mask_area": int(result.mask.sum()),
+                        "gt_area": int((truths[referent.ref_id] == 1).sum()),
+                        "kept_hash": kept_hash(result.indices),
+                        "timings": prediction.timings,
+                        "image_timings": predictor.image_timings,
+                    }
+                )
+                sums[(method, budget)].append((intersection, union))
+            log.append_unit(unit_key(image.image_id, method, budget), records)
+        first = next(iter(sums))
+        bar.set_postfix_str(f"cIoU {first[0]}@{first[1]} {100 * summarize(sums[first])['ciou']:.1f}")
+    barrier()
+    if rank != 0:
+        return None
+    return finish(directory, log, config)
+
+
+def finish(directory: Path, log: RecordLog, config: dict) -> dict:
+    """Merge every process's records (sorted, complete units only) and write the aggregate reports."""
+    order = {m: i for i, m in enumerate(config["methods"])}
+    border = {b: i for i, b in enumerate(config["budgets"])}
+    records = sorted(
+        log.all_records(),
+        key=lambda r: (r["image_index"], order[r["method"]], border[r["budget"]], r["query"]),
+    )
+    missing = config["num_images"] * len(order) * len(border) - len({r["unit"] for r in records})
+    if missing:
+        raise LiteLVLMError(
+            f"{missing} image x method x budget units have no records yet; run the command again."
+        )
+    lines = "".join(
+        json.dumps({k: v for k, v in r.items() if k not in ("unit", "unit_size")}) + "\n" for r in records
+    )
+    write_atomic(directory / "records.jsonl", lines.encode())
+    return write_reports(directory, records, config)
+
+
+def _options_for(method: str, image_id, seed: int, method_options: dict | None) -> dict:
+    """A method's options; a seeded method (random) gets a seed of its own per image, so its subsets differ
+    from image to image yet stay reproducible."""
+    from ..selection import get_method
+
+    options = dict((method_options or {}).get(method, {}))
+    if "seed" in get_method(method).option_names:
+        options["seed"] = int(image_generator(seed, image_id).integers(2**31))
+    return options

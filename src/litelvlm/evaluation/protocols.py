@@ -1,0 +1,71 @@
+"""Evaluation protocols: which expressions of an image are asked, in which conversations, with which templates.
+
+glamm: the authors' RefCOCO evaluation (spec section 9), but seeded. Per image, every sentence of every referent
+    (in file order); if there are 3 or more, 3 are sampled without replacement (random order), else all are used;
+    they form ONE multi-turn conversation, each turn with a random question (of 16) and answer (of 5) template.
+lisa: every sentence of every referent, each in its own single-turn conversation, with LISA's fixed question
+    "What is {expression} in this image? Please output segmentation mask." and answer "[SEG].".
+
+Randomness is drawn from a generator seeded by (seed, image id), so an image's sample does not depend on which
+images came before it, on the number of processes, or on resuming.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import LiteLVLMError
+from ..prompts import ANSWER_LIST, SEG_QUESTIONS
+
+PROTOCOLS = ("glamm", "lisa")
+GLAMM_TURNS = 3
+LISA_QUESTION = SEG_QUESTIONS.index("What is {class_name} in this image? Please output segmentation mask.")
+LISA_ANSWER = ANSWER_LIST.index("[SEG].")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One expression to segment: the referent it names and which of its sentences."""
+
+    referent: object  # litelvlm.data.Referent
+    sentence_index: int
+    question_template: int
+    answer_template: int
+
+    @property
+    def sentence(self) -> str:
+        return self.referent.sentences[self.sentence_index]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The queries of one image and how they are grouped into conversations (`turns_per_conversation`)."""
+
+    queries: tuple[Query, ...]
+    turns_per_conversation: int
+
+
+def image_generator(seed: int, image_id: int | str) -> np.random.Generator:
+    """A generator for one image, independent of every other image's."""
+    key = image_id if isinstance(image_id, int) and image_id >= 0 else zlib.crc32(str(image_id).encode())
+    return np.random.default_rng([seed, key])
+
+
+def plan_image(image, protocol: str, seed: int) -> Plan:
+    """The queries an image gets under `protocol` (`image` is a litelvlm.data.ImageEntry)."""
+    items = [(referent, index) for referent in image.referents for index in range(len(referent.sentences))]
+    if protocol == "lisa":
+        return Plan(tuple(Query(r, i, LISA_QUESTION, LISA_ANSWER) for r, i in items), 1)
+    if protocol != "glamm":
+        raise LiteLVLMError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}.")
+    rng = image_generator(seed, image.image_id)
+    if len(items) >= GLAMM_TURNS:
+        items = [items[k] for k in rng.choice(len(items), GLAMM_TURNS, replace=False)]
+    queries = tuple(
+        Query(referent, index, int(rng.integers(len(SEG_QUESTIONS))), int(rng.integers(len(ANSWER_LIST))))
+        for referent, index in items
+    )
+    return Plan(queries, GLAMM_TURNS)

@@ -1,0 +1,81 @@
+"""Aggregates of the per-expression records: results.json, a Markdown table and the budget-vs-cIoU plot."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from ..io import format_json, save_png, write_atomic
+from .metrics import summarize
+
+
+def aggregate(records: list[dict], methods: list[str], budgets: list[int]) -> list[dict]:
+    """One row per (method, budget) in the requested order: cIoU, gIoU, precision@X, count."""
+    pairs = defaultdict(list)
+    for record in records:
+        pairs[(record["method"], record["budget"])].append((record["intersection"], record["union"]))
+    return [
+        {"method": method, "budget": budget, **summarize(pairs[(method, budget)])}
+        for method in methods
+        for budget in budgets
+    ]
+
+
+def markdown_table(rows: list[dict], methods: list[str], budgets: list[int]) -> str:
+    """Methods down, budgets across; each cell 'cIoU / gIoU' in percent."""
+    by_key = {(row["method"], row["budget"]): row for row in rows}
+    header = "| method | " + " | ".join(f"{budget} tokens" for budget in budgets) + " |"
+    lines = [header, "|---|" + "---|" * len(budgets)]
+    for method in methods:
+        cells = []
+        for budget in budgets:
+            row = by_key[(method, budget)]
+            cells.append("—" if row["ciou"] is None else f"{100 * row['ciou']:.2f} / {100 * row['giou']:.2f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    count = max((row["count"] for row in rows), default=0)
+    return "\n".join(lines) + f"\n\ncIoU / gIoU (%), {count} expressions per cell.\n"
+
+
+def plot_budget_vs_ciou(rows: list[dict], methods: list[str], path: Path, title: str = "") -> None:
+    """One line per method: cIoU (%) against the number of visual tokens (log axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
+    for method in methods:
+        points = sorted(
+            (r["budget"], 100 * r["ciou"]) for r in rows if r["method"] == method and r["ciou"] is not None
+        )
+        if points:
+            axis.plot(*zip(*points), marker="o", label=method)
+    axis.set_xscale("log", base=2)
+    budgets = sorted({r["budget"] for r in rows})
+    axis.set_xticks(budgets, [str(b) for b in budgets])
+    axis.set_xlabel("visual tokens kept")
+    axis.set_ylabel("cIoU (%)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(figure)
+    save_png(path, Image.open(buffer).convert("RGB"))
+
+
+def write_reports(directory: Path, records: list[dict], config: dict) -> dict:
+    methods, budgets = config["methods"], config["budgets"]
+    rows = aggregate(records, methods, budgets)
+    payload = {"results": rows, "config": config}
+    write_atomic(directory / "results.json", format_json(payload).encode())
+    title = f"{config.get('dataset', '')} {config.get('split', '')} ({config['protocol']} protocol)".strip()
+    write_atomic(
+        directory / "results.md", (f"# {title}\n\n" + markdown_table(rows, methods, budgets)).encode()
+    )
+    plot_budget_vs_ciou(rows, methods, directory / "budget_vs_ciou.png", title)
+    return payload
