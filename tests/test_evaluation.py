@@ -186,3 +186,18 @@ def test_referent_patches_and_auc_against_naive_versions():
     assert low_similarity_auc(np.array([1.0, 1.0, 2.0]), np.array([True, False, False])) == pytest.approx(
         0.75
     )
+
+
+def test_in_llm_methods_sweep_next_to_before_llm_ones(tiny_glamm_dir, data_root, tmp_path):
+    args = eval_args(tiny_glamm_dir, data_root, tmp_path / "mixed", "--budget-mode", "final")
+    args[args.index("litelvlm,random")] = "litelvlm,fastv,sparsevlm"
+    args[args.index("576,64,16")] = "576,64"
+    assert main(args) == 0
+    rows = {
+        (r["method"], r["budget"]): r
+        for r in json.loads((tmp_path / "mixed" / "results.json").read_text())["results"]
+    }
+    assert rows[("litelvlm", 64)]["average_visual_tokens"] == 64
+    assert rows[("fastv", 64)]["average_visual_tokens"] == (2 * 576 + 2 * 64) / 4
+    assert rows[("sparsevlm", 576)]["average_visual_tokens"] == 576
+    assert all(row["count"] > 0 for row in rows.values())

@@ -40,7 +40,7 @@ def one_sample(scores, row):
     )
 
 
-@pytest.mark.parametrize("method", list_methods())
+@pytest.mark.parametrize("method", list_methods("vision"))
 @pytest.mark.parametrize("budget", [1, 7, 64, 143])
 def test_shape_range_uniqueness(method, budget):
     selection = select_tokens(method, random_scores(), budget)
@@ -52,7 +52,7 @@ def test_shape_range_uniqueness(method, budget):
         assert selection.features.shape == (3, budget, 16)
 
 
-@pytest.mark.parametrize("method", list_methods())
+@pytest.mark.parametrize("method", list_methods("vision"))
 def test_batch_equals_per_sample_loop(method):
     scores = random_scores()
     batched = select_tokens(method, scores, 37)
@@ -65,7 +65,7 @@ def test_batch_equals_per_sample_loop(method):
             torch.testing.assert_close(batched.features[row], alone.features[0])
 
 
-@pytest.mark.parametrize("method", list_methods())
+@pytest.mark.parametrize("method", list_methods("vision"))
 def test_deterministic_and_full_budget_identity(method):
     scores = random_scores()
     assert torch.equal(select_tokens(method, scores, 20).indices, select_tokens(method, scores, 20).indices)

@@ -46,6 +46,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--limit", type=int, help="evaluate only the first N images (sorted by image id)")
     parser.add_argument("--order", choices=("paper", "raster"), default="paper", help="litelvlm token order")
     parser.add_argument("--text-source", choices=("questions", "expressions"), default="questions")
+    parser.add_argument(
+        "--budget-mode",
+        choices=("average", "final"),
+        default="average",
+        help="in-LLM methods (fastv, pdrop, sparsevlm): the budget is the average number of visual tokens per "
+        "decoder layer, or the number the deepest layers keep",
+    )
     parser.add_argument("--low-similarity-share", type=arguments.share, default=1.0, help="litelvlm split")
     parser.add_argument("--out", required=True, help="run directory (created; an existing run is resumed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -59,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_jsonl, load_refcoco
     from ..evaluation.loop import evaluate
     from ..hosts.glamm_predictor import GlammPredictor
+    from ..selection import get_method
 
     if args.limit is not None and args.limit < 1:
         raise LiteLVLMError(f"--limit must be at least 1, got {args.limit}.")
@@ -97,9 +105,18 @@ def run(args: argparse.Namespace) -> int:
         "clip": args.clip,
         "dtype": args.dtype,
         "text_source": args.text_source,
-        "options": {"order": args.order, "low_similarity_share": args.low_similarity_share},
+        "options": {
+            "order": args.order,
+            "low_similarity_share": args.low_similarity_share,
+            "budget_mode": args.budget_mode,
+        },
     }
-    options = {"litelvlm": {"order": args.order, "low_similarity_share": args.low_similarity_share}}
+    options = {
+        name: get_method(name).supported(
+            order=args.order, low_similarity_share=args.low_similarity_share, budget_mode=args.budget_mode
+        )
+        for name in args.methods
+    }
     payload = evaluate(
         predictor,
         dataset,

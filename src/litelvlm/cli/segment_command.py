@@ -47,6 +47,13 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--low-similarity-share", type=arguments.share, default=1.0, help="litelvlm split")
     parser.add_argument("--text-source", choices=("questions", "expressions"), default="questions")
+    parser.add_argument(
+        "--budget-mode",
+        choices=("average", "final"),
+        default="average",
+        help="in-LLM methods (fastv, pdrop, sparsevlm): the budget is the average number of visual tokens per "
+        "decoder layer, or the number the deepest layers keep",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random method")
     parser.add_argument("--generate", action="store_true", help="let the model write its answer (greedy)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="generation length limit")
@@ -141,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
                 "budget": args.budget,
                 "num_patches": predictor.scorer.num_patches,
                 "num_visual_tokens": prediction.num_visual_tokens,
+                "tokens_per_layer": prediction.tokens_per_layer,
+                "average_visual_tokens": prediction.average_visual_tokens,
                 "permuted": prediction.permuted,
                 "generate": args.generate,
                 "image": args.image,

@@ -119,6 +119,7 @@ def evaluate(
                         "method": method,
                         "budget": budget,
                         "num_visual_tokens": prediction.num_visual_tokens,
+                        "average_visual_tokens": prediction.average_visual_tokens,
                         "intersection": intersection,
                         "union": union,
                         "mask_area": int(result.mask.sum()),

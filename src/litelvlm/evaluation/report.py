@@ -11,11 +11,18 @@ from .metrics import summarize
 
 def aggregate(records: list[dict], methods: list[str], budgets: list[int]) -> list[dict]:
     """One row per (method, budget) in the requested order: cIoU, gIoU, precision@X, count."""
-    pairs = defaultdict(list)
+    pairs, tokens = defaultdict(list), {}
     for record in records:
-        pairs[(record["method"], record["budget"])].append((record["intersection"], record["union"]))
+        key = (record["method"], record["budget"])
+        pairs[key].append((record["intersection"], record["union"]))
+        tokens[key] = record.get("average_visual_tokens")
     return [
-        {"method": method, "budget": budget, **summarize(pairs[(method, budget)])}
+        {
+            "method": method,
+            "budget": budget,
+            "average_visual_tokens": tokens.get((method, budget)),
+            **summarize(pairs[(method, budget)]),
+        }
         for method in methods
         for budget in budgets
     ]

@@ -18,11 +18,12 @@ from ..errors import LiteLVLMError
 from ..images import load_image
 from ..prompts import DEFAULT_QUESTION, TEXT_SOURCES, clip_texts
 from ..scoring import ClipScorer, VisionFeatures, check_text
-from ..selection import KIND_NAMES, Selection, get_method, select_tokens
+from ..selection import KIND_NAMES, PruningPlan, Selection, check_budget, get_method, keep_all, select_tokens
 from ..timing import StageTimer
 from .glamm import GlammModel, load_glamm, local_checkpoint_dir
 from .glamm_text import GlammTokenizer, Turn, build_turns, render_conversation
 from .llm import final_hidden_states, gather_positions, generate, splice_visual_tokens
+from .llm_pruning import pruning
 from .sam import postprocess_masks, sam_preprocess
 
 MAX_TURNS = 3  # GLaMM's RefSeg conversations hold at most 3 expressions
@@ -53,6 +54,7 @@ class ExpressionResult:
     conversation: int
     indices: list[int]
     kinds: list[str]
+    llm_kept: list[int] | None = None  # in-LLM methods: the patches still alive in the deepest layers
 
     @property
     def seg_found(self) -> bool:
@@ -71,6 +73,11 @@ class Prediction:
     num_visual_tokens: int
     permuted: bool
     timings: dict[str, float] = field(default_factory=dict)
+    tokens_per_layer: list[int] = field(default_factory=list)  # visual tokens each decoder layer processed
+
+    @property
+    def average_visual_tokens(self) -> float:
+        return sum(self.tokens_per_layer) / len(self.tokens_per_layer) if self.tokens_per_layer else 0.0
 
     @property
     def masks(self) -> np.ndarray:
@@ -201,9 +208,14 @@ class GlammPredictor:
                 conversations.append(_Conversation(image, chunk, turns, clip_texts(chunk, text_source, qs)))
 
         timer = StageTimer(self.device)
+        num_layers = self.model.llm.config.num_hidden_layers
         with timer("selection"):
-            selection = self._select(conversations, entry, budget, method_options)
-        results = self._run(conversations, selection, generate_answer, max_new_tokens, decoding, timer)
+            selection, plan = self._select(conversations, entry, budget, method_options)
+        results = self._run(conversations, selection, plan, generate_answer, max_new_tokens, decoding, timer)
+        if plan is not None:
+            tokens_per_layer = plan.tokens_per_layer(num_layers, selection.budget)
+        else:
+            tokens_per_layer = [selection.budget] * num_layers
         predictions = []
         for image in range(len(per_image)):
             mine = [r for r in results if conversations[r.conversation].image == image]
@@ -215,25 +227,34 @@ class GlammPredictor:
                     selection.budget,
                     permuted=selection.is_permutation_of_all(self.scorer.num_patches),
                     timings=timer.as_dict(),
+                    tokens_per_layer=tokens_per_layer,
                 )
             )
         return predictions[0] if isinstance(expressions[0], str) else predictions
 
-    def _select(self, conversations, entry, budget, options) -> Selection:
-        """Score and select visual tokens for every conversation (image work cached per image)."""
+    def _select(self, conversations, entry, budget, options) -> tuple[Selection, PruningPlan | None]:
+        """Visual tokens for every conversation (image work cached per image), and the in-LLM plan if any."""
+        features = VisionFeatures.concat([self._images[c.image].features for c in conversations])
+        self._conversation_features = features
+        num_patches = features.num_patches
+        if entry.stage == "llm":
+            check_budget(budget)
+            options = {name: value for name, value in options.items() if name != "full_budget"}
+            plan = None
+            if budget < num_patches:
+                plan = entry.fn(budget, self.model.llm.config.num_hidden_layers, num_patches, **options)
+            return keep_all(len(conversations), num_patches, features.hidden.device), plan or None
         for state in self._images:
             self.scorer.precompute(state.features, entry.needs)
-        features = VisionFeatures.concat([self._images[c.image].features for c in conversations])
         texts = [c.clip_texts for c in conversations]
         scores = self.scorer.score(
             texts if "similarity" in entry.needs else (), needs=entry.needs, features=features
         )
-        self._conversation_features = features
-        return select_tokens(entry.name, scores, budget, **options)
+        return select_tokens(entry.name, scores, budget, **options), None
 
     @torch.inference_mode()
     def _run(
-        self, conversations, selection: Selection, generate_answer, max_new_tokens, decoding, timer
+        self, conversations, selection: Selection, plan, generate_answer, max_new_tokens, decoding, timer
     ) -> list[ExpressionResult]:
         model, tokenizer = self.model, self.tokenizer
         with timer("projector"):
@@ -241,7 +262,11 @@ class GlammPredictor:
             visual = model.projector(visual.to(model.dtype))
         prompts = [tokenizer.encode_with_image(render_conversation(c.turns)) for c in conversations]
         batch = splice_visual_tokens(model.llm.model.embed_tokens, prompts, visual)
-        with timer("llm"):
+        query_ends = [
+            _query_end_of(tokenizer, c.turns, ids) + visual.shape[1] - 1
+            for c, ids in zip(conversations, prompts)
+        ]
+        with timer("llm"), pruning(model.llm.model, plan, batch.image_spans, query_ends) as state:
             if generate_answer:
                 output = generate(
                     model.llm,
@@ -250,6 +275,7 @@ class GlammPredictor:
                     watch_id=tokenizer.seg_id,
                     max_new_tokens=max_new_tokens,
                     choose=decoding,
+                    locate=None if state is None else (lambda p: state.index_of(p[:, None])[:, 0]),
                 )
                 answers = [tokenizer.decode(tokens) for tokens in output.tokens]
                 # one expression per conversation: its mask comes from the first generated [SEG]
@@ -263,12 +289,20 @@ class GlammPredictor:
                             f"the prompt holds {len(where)} [SEG] tokens for {len(conversation.expressions)} "
                             "expressions; expressions must not contain the text '[SEG]'."
                         )
+                if state is not None:  # rows of the (shorter) pruned sequence; text tokens are never dropped
+                    positions = [
+                        torch.searchsorted(
+                            state.positions[row], torch.tensor(where, device=hidden.device)
+                        ).tolist()
+                        for row, where in enumerate(positions)
+                    ]
                 answers = [[turn.answer for turn in c.turns] for c in conversations]
                 rows = gather_positions(hidden, positions)
                 seg_hidden, start = [], 0
                 for where in positions:
                     seg_hidden.append(list(rows[start : start + len(where)]))
                     start += len(where)
+            llm_kept = _surviving_patches(state, batch) if state is not None else [None] * len(conversations)
         with timer("seg_projection"):
             prompts_per_conversation = [
                 model.text_hidden_fcs(torch.stack(rows)) if rows else None for rows in seg_hidden
@@ -289,8 +323,27 @@ class GlammPredictor:
             kinds = [KIND_NAMES[k] for k in selection.kinds[index].tolist()]
             for k, expression in enumerate(conversation.expressions):
                 answer = answers[index] if generate_answer else answers[index][k]
-                results.append(ExpressionResult(expression, masks[k], answer, index, kept, kinds))
+                results.append(
+                    ExpressionResult(expression, masks[k], answer, index, kept, kinds, llm_kept[index])
+                )
         return results
+
+
+def _query_end_of(tokenizer, turns, ids) -> int:
+    """Index (in `ids`, before splicing) of the token that predicts the last answer: the end of the same
+    conversation's generation prompt when the two share that prefix, else the last token."""
+    if turns[-1].answer is None:
+        return len(ids) - 1
+    prompt = tokenizer.encode_with_image(render_conversation([*turns[:-1], Turn(turns[-1].question, None)]))
+    return len(prompt) - 1 if ids[: len(prompt)] == prompt else len(ids) - 1
+
+
+def _surviving_patches(state, batch) -> list[list[int]]:
+    """Patch indices (raster: every patch entered the LLM) alive after the last in-LLM pruning step."""
+    if not state.kept:
+        return [None] * len(batch.image_spans)
+    deepest = state.kept[max(state.kept)]
+    return [(deepest[row] - start).tolist() for row, (start, _) in enumerate(batch.image_spans)]
 
 
 def _per_image(expressions, num_images: int) -> list[list[str]]:

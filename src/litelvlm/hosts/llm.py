@@ -117,12 +117,14 @@ def generate(
     watch_id: int,
     max_new_tokens: int = 64,
     choose: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    locate: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Generation:
     """Greedy decoding with a KV cache from a right-padded spliced batch.
 
     Pads stay in the cache as masked holes and every new token gets the position after its own sequence,
     so RoPE positions equal those of an unpadded run. `choose(logits [B, V], step) -> [B]` replaces argmax
-    (tests use it to force a known answer through the cached path).
+    (tests use it to force a known answer through the cached path). `locate(positions [B]) -> rows [B]` maps
+    padded-layout positions to rows of the prefill output when layers drop tokens (in-LLM pruning).
     """
     decoder, head = causal_lm.model, causal_lm.lm_head
     cache_name = _cache_argument(decoder)
@@ -137,7 +139,8 @@ def generate(
         position_ids=positions,
         use_cache=True,
     )
-    previous_hidden = output.last_hidden_state[rows, lengths - 1]
+    last = lengths - 1 if locate is None else locate(lengths - 1)
+    previous_hidden = output.last_hidden_state[rows, last]
     cache, mask = _output_cache(output), batch.attention_mask
     tokens: list[list[int]] = [[] for _ in range(batch_size)]
     watched: list[list[torch.Tensor]] = [[] for _ in range(batch_size)]

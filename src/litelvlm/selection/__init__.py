@@ -1,6 +1,6 @@
 """Token selection: pure functions from scores to kept patch indices, looked up by name."""
 
-from . import baselines, divprune, litelvlm, visionzip  # noqa: F401  (registration side effects)
+from . import baselines, divprune, in_llm, litelvlm, visionzip  # noqa: F401  (registration side effects)
 from .base import (
     CONTEXT,
     DOMINANT,
@@ -19,6 +19,7 @@ from .base import (
     register,
     select_tokens,
 )
+from .in_llm import PruneStep, PruningPlan
 from .litelvlm import ORDERS
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "LOW_SIMILARITY",
     "MERGED",
     "ORDERS",
+    "PruneStep",
+    "PruningPlan",
     "Selection",
     "SelectionMethod",
     "TokenScores",

@@ -102,6 +102,7 @@ class SelectionMethod:
     fn: SelectionFn
     needs: frozenset[str]
     description: str
+    stage: str = "vision"  # "vision": picks tokens before the LLM; "llm": returns a PruningPlan for inside it
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -118,24 +119,27 @@ _REGISTRY: dict[str, SelectionMethod] = {}
 
 
 def register(
-    name: str, needs: tuple[str, ...] = (), description: str = ""
+    name: str, needs: tuple[str, ...] = (), description: str = "", stage: str = "vision"
 ) -> Callable[[SelectionFn], SelectionFn]:
-    """Decorator adding a selection function to the registry under `name`."""
+    """Decorator adding a selection function to the registry under `name`.
+
+    stage "vision": fn(scores, budget, **options) -> Selection; stage "llm": fn(budget, num_layers, num_visual,
+    **options) -> PruningPlan, executed by a host between decoder layers.
+    """
 
     def decorator(fn: SelectionFn) -> SelectionFn:
         if name in _REGISTRY:
             raise ValueError(f"a selection method named {name!r} is already registered")
-        _REGISTRY[name] = SelectionMethod(
-            name, fn, frozenset(needs), description or (fn.__doc__ or "").split("\n")[0]
-        )
+        summary = description or (fn.__doc__ or "").split("\n")[0]
+        _REGISTRY[name] = SelectionMethod(name, fn, frozenset(needs), summary, stage)
         return fn
 
     return decorator
 
 
-def list_methods() -> list[str]:
-    """Names of the registered selection methods, in registration order."""
-    return list(_REGISTRY)
+def list_methods(stage: str | None = None) -> list[str]:
+    """Names of the registered methods in registration order; `stage` "vision" or "llm" filters them."""
+    return [name for name, entry in _REGISTRY.items() if stage is None or entry.stage == stage]
 
 
 def get_method(name: str) -> SelectionMethod:
@@ -182,6 +186,11 @@ def select_tokens(
         if full_budget == "identity":
             return keep_all(scores.batch_size, scores.num_patches, scores.device)
         budget = scores.num_patches
+    if entry.stage != "vision":
+        raise LiteLVLMError(
+            f"method {method!r} prunes inside the LLM, so it keeps every visual token here; run it through a "
+            "host (GlammPredictor, litelvlm segment or eval)."
+        )
     scores.require(method, *sorted(entry.needs))
     return entry.fn(scores, budget, **options)
 

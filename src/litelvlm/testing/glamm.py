@@ -18,7 +18,7 @@ from ..hosts.sam import SAM_PREFIX, meta_sam_state_dict_keys, sam_vit_h_config
 from .clip import make_tiny_clip
 from .llama_tokenizer import write_tiny_llama_tokenizer
 
-TINY_LLM = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4)
+TINY_LLM = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=4, num_attention_heads=4)
 # SAM with the real 1024 px input and 256-wide decoder, but a 2-block, 32-wide image encoder (block 1 global).
 TINY_SAM = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, global_attn_indexes=(1,), decoder_mlp_dim=64
@@ -134,16 +134,21 @@ def glamm_state_dict(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def make_tiny_glamm(directory: str | Path, seed: int = 0, clip_dir: str | Path | None = None) -> Path:
+def make_tiny_glamm(
+    directory: str | Path, seed: int = 0, clip_dir: str | Path | None = None, llm_layers: int | None = None
+) -> Path:
     """Write a tiny random GLaMM-RefSeg checkpoint into `directory` (and a tiny CLIP into `directory/clip`
-    unless `clip_dir` names an existing one); returns `directory`."""
+    unless `clip_dir` names an existing one); returns `directory`. `llm_layers` overrides the LLM depth (4)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     clip_dir = Path(clip_dir) if clip_dir is not None else make_tiny_clip(directory / "clip", seed=seed)
     clip_config = json.loads((clip_dir / "config.json").read_text())
     added = write_tiny_llama_tokenizer(directory, seed=seed)
     vocab_size = max(added.values()) + 1
-    config = glamm_config(vocab_size, clip_config["vision_config"]["hidden_size"], str(clip_dir.resolve()))
+    sizes = {} if llm_layers is None else {"num_hidden_layers": llm_layers}
+    config = glamm_config(
+        vocab_size, clip_config["vision_config"]["hidden_size"], str(clip_dir.resolve()), **sizes
+    )
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     (directory / "generation_config.json").write_text(
         json.dumps(
