@@ -41,7 +41,7 @@ def _layout(root: Path, dataset: str) -> str:
     return (
         f"the expected layout is {root}/{dataset}/instances.json and {root}/{dataset}/{REFS_FILES[dataset]}, "
         f"with COCO train2014 images in {root}/{IMAGE_DIRS[0]} (GLaMM) or {root}/{IMAGE_DIRS[1]} (LISA), "
-        "or pass `images=` to point at the train2014 folder"
+        "or pass --images (images= in Python) to point at the train2014 folder"
     )
 
 
