@@ -10,9 +10,9 @@ import sys
 import warnings
 
 from ..errors import LiteLVLMError
-from . import analyze_command, eval_command, segment_command, select_command
+from . import analyze_command, bench_command, eval_command, segment_command, select_command
 
-COMMANDS = (select_command, segment_command, eval_command, analyze_command)
+COMMANDS = (select_command, segment_command, eval_command, analyze_command, bench_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     warnings.showwarning = _one_line_warning
     _quiet_transformers()
     try:

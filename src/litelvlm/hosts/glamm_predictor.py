@@ -209,8 +209,7 @@ class GlammPredictor:
 
         timer = StageTimer(self.device)
         num_layers = self.model.llm.config.num_hidden_layers
-        with timer("selection"):
-            selection, plan = self._select(conversations, entry, budget, method_options)
+        selection, plan = self._select(conversations, entry, budget, method_options, timer)
         results = self._run(conversations, selection, plan, generate_answer, max_new_tokens, decoding, timer)
         if plan is not None:
             tokens_per_layer = plan.tokens_per_layer(num_layers, selection.budget)
@@ -232,7 +231,7 @@ class GlammPredictor:
             )
         return predictions[0] if isinstance(expressions[0], str) else predictions
 
-    def _select(self, conversations, entry, budget, options) -> tuple[Selection, PruningPlan | None]:
+    def _select(self, conversations, entry, budget, options, timer) -> tuple[Selection, PruningPlan | None]:
         """Visual tokens for every conversation (image work cached per image), and the in-LLM plan if any."""
         features = VisionFeatures.concat([self._images[c.image].features for c in conversations])
         self._conversation_features = features
@@ -244,13 +243,19 @@ class GlammPredictor:
             if budget < num_patches:
                 plan = entry.fn(budget, self.model.llm.config.num_hidden_layers, num_patches, **options)
             return keep_all(len(conversations), num_patches, features.hidden.device), plan or None
-        for state in self._images:
-            self.scorer.precompute(state.features, entry.needs)
-        texts = [c.clip_texts for c in conversations]
-        scores = self.scorer.score(
-            texts if "similarity" in entry.needs else (), needs=entry.needs, features=features
-        )
-        return select_tokens(entry.name, scores, budget, **options), None
+        if budget >= num_patches and options.get("full_budget", "identity") == "identity":
+            return keep_all(
+                len(conversations), num_patches, features.hidden.device
+            ), None  # no pruning: no scores
+        texts = [c.clip_texts for c in conversations] if "similarity" in entry.needs else ()
+        if texts:
+            with timer("clip_text"):  # fills the scorer's text cache, which scoring then reads
+                self.scorer.encode_text([text for group in texts for text in group])
+        with timer("selection"):
+            for state in self._images:
+                self.scorer.precompute(state.features, entry.needs)
+            scores = self.scorer.score(texts, needs=entry.needs, features=features)
+            return select_tokens(entry.name, scores, budget, **options), None
 
     @torch.inference_mode()
     def _run(

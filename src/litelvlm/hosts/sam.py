@@ -39,10 +39,12 @@ SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 _VISION_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_dim", "window_size")
 
 
-def sam_vit_h_config(**overrides) -> SamConfig:
+def sam_vit_h_config(vision_attention: str = "sdpa", **overrides) -> SamConfig:
     """The `SamConfig` of SAM ViT-H as used by GLaMM (Meta's `build_sam_vit_h`).
 
-    Supported overrides, for building tiny test models with the same key names:
+    vision_attention: "sdpa" (default: the relative-position bias goes in as SDPA's mask) or "eager" (Meta's
+    explicit matmul-softmax; slower, bit-closer in bf16). Supported overrides, for tiny test models with the
+    same key names:
     `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `mlp_dim` (default 4 * hidden_size),
     `window_size`, `global_attn_indexes` (image encoder) and `decoder_mlp_dim` (mask-decoder MLP, default 2048).
     """
@@ -91,9 +93,12 @@ def sam_vit_h_config(**overrides) -> SamConfig:
         "layer_norm_eps": 1e-5,
     }
     config = SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
-    # Eager attention mirrors Meta's explicit matmul-softmax; set on every sub-config (works on 4.x and 5.x).
-    for cfg in (config, config.vision_config, config.prompt_encoder_config, config.mask_decoder_config):
+    # The decoder's attention is eager, as Meta's explicit matmul-softmax. The image encoder uses SDPA with the
+    # decomposed relative-position bias as its mask: the same mathematics (fp32 parity with Meta ~1e-5), 1.6x
+    # faster on a CPU for ViT-H (eager materialises 16 x 4096 x 4096 fp32 scores in each global block).
+    for cfg in (config, config.prompt_encoder_config, config.mask_decoder_config):
         cfg._attn_implementation = "eager"
+    config.vision_config._attn_implementation = vision_attention
     return config
 
 

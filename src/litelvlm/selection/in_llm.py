@@ -93,13 +93,17 @@ def fastv_plan(
     budget: int, num_layers: int, num_visual: int, *, layer: int = 2, ratio: float | None = None,
     budget_mode: str = "average",
 ) -> PruningPlan:  # fmt: skip
-    """FastV: layers < K see every visual token; from layer K on, the R most attended by the last token.
+    """FastV: layers < K see every visual token; from layer K on, the R most attended by the last token
+    (K is clamped to the model's last layer for depth-scaled models).
 
     ratio: FastV's own parameterisation (share of visual tokens dropped); when given, it overrides the budget.
     """
     _check_mode(budget_mode)
-    if not 1 <= layer < num_layers:
-        raise LiteLVLMError(f"fastv layer K must lie in [1, {num_layers - 1}], got {layer}.")
+    if layer < 1:
+        raise LiteLVLMError(
+            f"fastv layer K must be at least 1 (layer 0 has no earlier attention), got {layer}."
+        )
+    layer = min(layer, num_layers - 1)  # depth-scaled models (benchmarks) may have fewer layers than K
     if ratio is not None:
         if not 0.0 <= ratio <= 1.0:
             raise LiteLVLMError(f"fastv ratio must lie in [0, 1], got {ratio}.")

@@ -1,0 +1,132 @@
+"""`litelvlm bench`: stage-wise speed, memory and FLOPs of GLaMM across methods and budgets."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+
+from ..errors import LiteLVLMError
+from . import arguments
+
+DEFAULT_TEXT = "the man in the red shirt on the left"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="per-stage latency, peak/activation memory and FLOPs across methods and budgets",
+        description="Benchmark GLaMM-7B's exact architecture with random weights (no download), or a real "
+        "checkpoint with --model. --llm-layers/--sam-layers keep every width and cut depth for quick runs; "
+        "such runs are labelled scaled and their full-depth extrapolation is shown apart from measurements.",
+    )
+    parser.add_argument("--model", help="a GLaMM checkpoint (default: the full architecture, random weights)")
+    parser.add_argument("--clip", help="CLIP checkpoint for --model (default: the config's mm_vision_tower)")
+    parser.add_argument("--llm-layers", type=int, help="scaled run: this many LLM layers (full: 32)")
+    parser.add_argument("--sam-layers", type=int, help="scaled run: this many SAM encoder blocks (full: 32)")
+    parser.add_argument("--methods", type=arguments.method_list, default=["litelvlm"])
+    parser.add_argument("--budgets", type=arguments.budget_list, default=[576, 192, 128, 64])
+    parser.add_argument(
+        "--budget-mode", choices=("average", "final"), default="average", help="in-LLM methods"
+    )
+    parser.add_argument("--image", help="image file (default: a synthetic 640 x 480 picture)")
+    parser.add_argument("--text", action="append", help="expression(s) in the conversation (default: one)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per configuration (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--throughput", type=int, default=0, metavar="N",
+                        help="also measure expressions/s on one image with N expressions (e.g. 7)")  # fmt: skip
+    parser.add_argument("--json", help="write the report here")
+    parser.add_argument("--markdown", help="write the Markdown table here")
+    parser.add_argument("--plot", help="write the latency/memory plot (PNG) here")
+    parser.add_argument("--no-progress", action="store_true")
+    arguments.add_device_arguments(parser, default_dtype="bfloat16")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..bench import benchmark, machine, markdown, plot, throughput
+    from ..hosts.glamm_predictor import GlammPredictor
+    from ..images import load_image
+    from ..io import write_atomic, write_json
+    from ..memory import memory_method
+    from ..selection import get_method
+    from ..testing.full_size import random_glamm_predictor
+
+    for flag, value in (
+        ("--runs", args.runs),
+        ("--llm-layers", args.llm_layers),
+        ("--sam-layers", args.sam_layers),
+    ):
+        if value is not None and value < 1:
+            raise LiteLVLMError(f"{flag} must be at least 1, got {value}.")
+    if args.warmup < 0 or args.throughput < 0:
+        raise LiteLVLMError("--warmup and --throughput must not be negative.")
+    outputs = [arguments.check_output_file(p, f) for p, f in ((args.json, "--json"), (args.markdown, "--markdown"),
+                                                              (args.plot, "--plot"))]  # fmt: skip
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = arguments.resolve_device(args.device)
+    dtype = arguments.resolve_dtype(args.dtype)
+    image = load_image(args.image) if args.image else _synthetic_image()
+    expressions = args.text or [DEFAULT_TEXT]
+    if args.model:
+        if args.llm_layers or args.sam_layers:
+            raise LiteLVLMError(
+                "--llm-layers/--sam-layers apply to the random full-size model; drop --model."
+            )
+        predictor = GlammPredictor.from_pretrained(args.model, clip=args.clip, dtype=dtype, device=device)
+    else:
+        predictor = random_glamm_predictor(
+            llm_layers=args.llm_layers, sam_layers=args.sam_layers, dtype=dtype, device=device
+        )
+    options = {name: get_method(name).supported(budget_mode=args.budget_mode) for name in args.methods}
+    rows = benchmark(predictor, image, expressions, args.methods, args.budgets, runs=args.runs,
+                     warmup=args.warmup, method_options=options, progress=not args.no_progress)  # fmt: skip
+    scaled = bool(args.llm_layers or args.sam_layers)
+    report = {
+        "runs": rows,
+        "config": {
+            "model": args.model or "GLaMM-7B architecture, random weights",
+            "scaled": scaled,
+            "scale": f"LLM {args.llm_layers or 32}/32 layers, SAM {args.sam_layers or 32}/32 blocks",
+            "device": device,
+            "dtype": args.dtype,
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "expressions": expressions,
+            "image_size": list(image.size),
+            "machine": machine(),
+            "memory_method": memory_method(device),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": "litelvlm " + " ".join(shlex.quote(a) for a in args.argv),
+        },
+    }
+    if args.throughput:
+        texts = [f"{DEFAULT_TEXT} number {i}" for i in range(args.throughput)]
+        method = args.methods[0]
+        budget = min(args.budgets)
+        report["throughput"] = throughput(predictor, image, texts, method, budget, options[method])
+    text = markdown(report)
+    print(text)
+    json_path, markdown_path, plot_path = outputs
+    if json_path:
+        write_json(json_path, report)
+    if markdown_path:
+        write_atomic(markdown_path, text.encode())
+    if plot_path:
+        plot(report, plot_path)
+    return 0
+
+
+def _synthetic_image():
+    """A 640 x 480 picture with a few shapes (content does not change the cost)."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.new("RGB", (640, 480), (90, 140, 200))
+    draw = ImageDraw.Draw(picture)
+    draw.ellipse((200, 120, 420, 380), fill=(200, 60, 60))
+    draw.rectangle((40, 300, 180, 460), fill=(240, 240, 240))
+    return picture

@@ -1,0 +1,90 @@
+"""Peak and activation memory of a piece of work, measured honestly on CUDA and on CPU.
+
+CUDA: the caching allocator's statistics (`max_memory_allocated` after `reset_peak_memory_stats`); the
+activation memory is the peak minus what was allocated before (weights and cached image work).
+CPU: resident set size (RSS) sampled every `interval` seconds by a thread, after `malloc_trim` has returned freed
+heap pages to the system; activation memory is the peak RSS minus the RSS before. Short-lived peaks between two
+samples can be missed, and allocator caching can hide reuse: CPU numbers are an estimate, CUDA numbers exact.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+import torch
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as file:
+            return int(file.read().split()[1]) * _PAGE
+    except OSError:
+        return 0
+
+
+def release_free_memory() -> None:
+    """Give freed heap pages back to the OS (glibc), so RSS reflects live memory."""
+    with suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def memory_method(device: torch.device | str, interval: float = 0.002) -> str:
+    """How `measure_memory` measures on this device (for reports)."""
+    if torch.device(device).type == "cuda":
+        return "CUDA caching allocator: max_memory_allocated minus memory_allocated before"
+    return f"process RSS sampled every {interval * 1000:.0f} ms after malloc_trim, minus RSS before"
+
+
+@dataclass
+class MemoryUsage:
+    peak_bytes: int = 0
+    baseline_bytes: int = 0
+    method: str = ""
+
+    @property
+    def activation_bytes(self) -> int:
+        return max(0, self.peak_bytes - self.baseline_bytes)
+
+
+@contextmanager
+def measure_memory(device: torch.device | str, interval: float = 0.002):
+    """Yields a MemoryUsage filled in when the block ends."""
+    device = torch.device(device)
+    usage = MemoryUsage()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        usage.baseline_bytes = torch.cuda.memory_allocated(device)
+        usage.method = memory_method(device)
+        try:
+            yield usage
+        finally:
+            torch.cuda.synchronize(device)
+            usage.peak_bytes = torch.cuda.max_memory_allocated(device)
+        return
+    release_free_memory()
+    usage.baseline_bytes = usage.peak_bytes = rss_bytes()
+    usage.method = memory_method(device, interval)
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            usage.peak_bytes = max(usage.peak_bytes, rss_bytes())
+            time.sleep(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield usage
+    finally:
+        stop.set()
+        sampler.join()
+        usage.peak_bytes = max(usage.peak_bytes, rss_bytes())
