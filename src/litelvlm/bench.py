@@ -1,6 +1,7 @@
 """Stage-wise latency, memory and FLOPs of GLaMM with token pruning, across methods and budgets.
 
-Timings: median of `runs` after `warmup` runs; each run is one image through the whole pipeline (CLIP vision
+Timings: median of `runs` after `warmup` runs, configurations interleaved round robin; each run is one image
+(texts not cached) through the whole pipeline (CLIP vision
 pass, SAM image encoder, text tower, selection, projector, LLM prefill, SAM decoder, post-processing), CUDA
 synchronised per stage. Memory: one more run under `litelvlm.memory.measure_memory`. FLOPs: `litelvlm.flops`.
 Scaled runs (fewer LLM / SAM layers, every width kept) report measured times and, separately, an
@@ -49,6 +50,7 @@ def predictor_dims(predictor) -> GlammDims:
 
 def run_once(predictor, image, expressions, method, budget, options) -> tuple[dict, float, object]:
     """One image through the pipeline: (seconds per stage, wall-clock seconds, prediction)."""
+    predictor.scorer.clear_text_cache()  # a new image usually comes with new texts: count the text tower
     start = time.perf_counter()
     predictor.set_image(image)
     prediction = predictor.predict(expressions, budget=budget, method=method, **options)
@@ -96,16 +98,28 @@ def benchmark(
                         sam_global_layers=FULL_DEPTH.sam_global_layers)  # fmt: skip
     rows = []
     combos = [(method, budget) for method in methods for budget in budgets]
-    for method, budget in tqdm(combos, desc="bench", unit="config", disable=not progress):
-        options = (method_options or {}).get(method, {})
+    option_of = {method: (method_options or {}).get(method, {}) for method in methods}
+    bar = tqdm(total=len(combos) * (warmup + runs), desc="bench", unit="run", disable=not progress)
+    for method, budget in combos:
         for _ in range(warmup):
-            run_once(predictor, image, expressions, method, budget, options)
-        samples = [run_once(predictor, image, expressions, method, budget, options) for _ in range(runs)]
+            run_once(predictor, image, expressions, method, budget, option_of[method])
+            bar.update()
+    samples = {combo: [] for combo in combos}
+    for _ in range(runs):  # round robin, so slow drifts of the machine hit every configuration alike
+        for method, budget in combos:
+            samples[(method, budget)].append(
+                run_once(predictor, image, expressions, method, budget, option_of[method])
+            )
+            bar.update()
+    bar.close()
+    for method, budget in combos:
+        options = option_of[method]
         with measure_memory(predictor.device) as memory:
             _, _, prediction = run_once(predictor, image, expressions, method, budget, options)
         with measure_memory(predictor.device) as predict_memory:  # image work already cached
             predictor.predict(expressions, budget=budget, method=method, **options)
-        stages = {name: statistics.median(s[0].get(name, 0.0) for s in samples) for name in STAGES}
+        measured = samples[(method, budget)]
+        stages = {name: statistics.median(s[0].get(name, 0.0) for s in measured) for name in STAGES}
         flops = flops_of(predictor, dims, method, expressions, prediction)
         row = {
             "method": method,
@@ -113,7 +127,7 @@ def benchmark(
             "num_visual_tokens": prediction.num_visual_tokens,
             "average_visual_tokens": prediction.average_visual_tokens,
             "stages": stages,
-            "total_s": statistics.median(s[1] for s in samples),
+            "total_s": statistics.median(s[1] for s in measured),
             "peak_mem_bytes": memory.peak_bytes,
             "activation_mem_bytes": memory.activation_bytes,
             "predict_activation_mem_bytes": predict_memory.activation_bytes,

@@ -295,6 +295,9 @@ class ClipScorer:
             self._text_cache.move_to_end(text)
         return torch.stack([self._text_cache[text] for text in texts])
 
+    def clear_text_cache(self) -> None:
+        self._text_cache.clear()
+
     def _encode_uncached(self, texts: list[str]) -> torch.Tensor:
         limit = self.max_text_tokens
         lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]

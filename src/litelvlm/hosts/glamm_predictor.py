@@ -160,10 +160,6 @@ class GlammPredictor:
         self.image_timings = timer.as_dict()
         return self._images
 
-    def set_image_states(self, states: Sequence[ImageState]) -> None:
-        """Reuse image states computed earlier (an evaluation loop shares them across methods and budgets)."""
-        self._images = list(states)
-
     # ------------------------------------------------------------------ prediction
     def predict(
         self,
@@ -209,8 +205,11 @@ class GlammPredictor:
 
         timer = StageTimer(self.device)
         num_layers = self.model.llm.config.num_hidden_layers
-        selection, plan = self._select(conversations, entry, budget, method_options, timer)
-        results = self._run(conversations, selection, plan, generate_answer, max_new_tokens, decoding, timer)
+        features = VisionFeatures.concat([self._images[c.image].features for c in conversations])
+        selection, plan = self._select(conversations, features, entry, budget, method_options, timer)
+        results = self._run(
+            conversations, features, selection, plan, generate_answer, max_new_tokens, decoding, timer
+        )
         if plan is not None:
             tokens_per_layer = plan.tokens_per_layer(num_layers, selection.budget)
         else:
@@ -231,10 +230,11 @@ class GlammPredictor:
             )
         return predictions[0] if isinstance(expressions[0], str) else predictions
 
-    def _select(self, conversations, entry, budget, options, timer) -> tuple[Selection, PruningPlan | None]:
-        """Visual tokens for every conversation (image work cached per image), and the in-LLM plan if any."""
-        features = VisionFeatures.concat([self._images[c.image].features for c in conversations])
-        self._conversation_features = features
+    def _select(
+        self, conversations, features: VisionFeatures, entry, budget, options, timer
+    ) -> tuple[Selection, PruningPlan | None]:
+        """Visual tokens for every conversation (`features`: one row per conversation, image work cached per
+        image), and the in-LLM plan if the method prunes inside the LLM."""
         num_patches = features.num_patches
         if entry.stage == "llm":
             check_budget(budget)
@@ -242,11 +242,11 @@ class GlammPredictor:
             plan = None
             if budget < num_patches:
                 plan = entry.fn(budget, self.model.llm.config.num_hidden_layers, num_patches, **options)
-            return keep_all(len(conversations), num_patches, features.hidden.device), plan or None
-        if budget >= num_patches and options.get("full_budget", "identity") == "identity":
-            return keep_all(
-                len(conversations), num_patches, features.hidden.device
-            ), None  # no pruning: no scores
+            return keep_all(len(conversations), num_patches, features.hidden.device), plan
+        if (
+            budget >= num_patches and options.get("full_budget", "identity") == "identity"
+        ):  # no pruning, no scores
+            return keep_all(len(conversations), num_patches, features.hidden.device), None
         texts = [c.clip_texts for c in conversations] if "similarity" in entry.needs else ()
         if texts:
             with timer("clip_text"):  # fills the scorer's text cache, which scoring then reads
@@ -259,11 +259,19 @@ class GlammPredictor:
 
     @torch.inference_mode()
     def _run(
-        self, conversations, selection: Selection, plan, generate_answer, max_new_tokens, decoding, timer
+        self,
+        conversations,
+        features,
+        selection: Selection,
+        plan,
+        generate_answer,
+        max_new_tokens,
+        decoding,
+        timer,
     ) -> list[ExpressionResult]:
         model, tokenizer = self.model, self.tokenizer
         with timer("projector"):
-            visual = selection.gather(self._conversation_features.patch_features.to(self.device))
+            visual = selection.gather(features.patch_features.to(self.device))
             visual = model.projector(visual.to(model.dtype))
         prompts = [tokenizer.encode_with_image(render_conversation(c.turns)) for c in conversations]
         batch = splice_visual_tokens(model.llm.model.embed_tokens, prompts, visual)
@@ -314,14 +322,14 @@ class GlammPredictor:
             ]
         results: list[ExpressionResult] = []
         for index, conversation in enumerate(conversations):
-            state = self._images[conversation.image]
+            image_state = self._images[conversation.image]
             embeddings = prompts_per_conversation[index]
             masks: list[np.ndarray | None] = [None] * len(conversation.expressions)
             if embeddings is not None:
                 with timer("sam_decoder"):
-                    low_res = model.sam.decode(state.sam_embedding, embeddings)
+                    low_res = model.sam.decode(image_state.sam_embedding, embeddings)
                 with timer("postprocess"):
-                    logits = postprocess_masks(low_res, state.resized, state.original)
+                    logits = postprocess_masks(low_res, image_state.resized, image_state.original)
                     for k, mask in enumerate((logits > 0).cpu().numpy()):
                         masks[k] = mask
             kept = selection.indices[index].tolist()
