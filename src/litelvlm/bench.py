@@ -134,7 +134,9 @@ def benchmark(
             "flops": flops,
             "total_flops": sum(flops.values()),
         }
-        if scaled:  # measured per-stage time scaled by the stage's FLOP ratio to full depth
+        if scaled:  # measured per-layer costs, and each stage's time scaled by its FLOP ratio to full depth
+            row["llm_seconds_per_layer"] = stages["llm"] / dims.llm_layers
+            row["sam_seconds_per_block"] = stages["sam_encoder"] / dims.sam_layers
             full_flops = flops_of(predictor, full_dims, method, expressions, prediction)
             full_flops["llm"] = full_flops["llm"] * FULL_DEPTH.llm_layers / dims.llm_layers
             row["extrapolated_stages"] = {
@@ -244,10 +246,13 @@ def markdown(report: dict) -> str:
             f"| {r['method']} | {r['budget']} | " + " | ".join(f"{r['stages'][s]:.3f}" for s in STAGES) + " |"
         )
     if config["scaled"]:
-        lines += ["", "Extrapolated to full depth (each stage scaled by its FLOP ratio; not measured):", "",
-                  "| method | budget | extrapolated total s | extrapolated speed-up |", "|---|---|---|---|"]  # fmt: skip
+        lines += ["", "Measured per-layer cost, and the extrapolation to full depth (each stage scaled by its FLOP "
+                  "ratio; not measured):", "",
+                  "| method | budget | LLM s/layer | SAM s/block (mixed windowed/global) | extrapolated total s "
+                  "| extrapolated speed-up |", "|---|---|---|---|---|---|"]  # fmt: skip
         for r in report["runs"]:
-            lines.append(f"| {r['method']} | {r['budget']} | {r['extrapolated_total_s']:.2f} | "
+            lines.append(f"| {r['method']} | {r['budget']} | {r['llm_seconds_per_layer']:.3f} | "
+                         f"{r['sam_seconds_per_block']:.3f} | {r['extrapolated_total_s']:.2f} | "
                          f"{_x(r.get('extrapolated_speedup_vs_full'))} |")  # fmt: skip
     if report.get("throughput"):
         t = report["throughput"]

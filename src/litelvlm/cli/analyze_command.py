@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..errors import LiteLVLMError
 from . import arguments
 
 
@@ -20,21 +18,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--clip", default="openai/clip-vit-large-patch14-336", help="CLIP checkpoint dir or hub id"
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--data-root", help="directory holding refcoco/, refcoco+/, refcocog/ and the COCO images"
-    )
-    source.add_argument("--jsonl", help="a JSONL data set (see docs/evaluation.md)")
-    parser.add_argument("--dataset", choices=("refcoco", "refcoco+", "refcocog"), default="refcoco")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--images", help="COCO train2014 directory (default: found under --data-root)")
+    arguments.add_data_arguments(parser)
     parser.add_argument(
         "--methods", type=arguments.method_list, default=["litelvlm", "topk_similarity", "random"]
     )
     parser.add_argument("--budgets", type=arguments.budget_list, default=[192, 128, 64])
     parser.add_argument("--protocol", choices=("glamm", "lisa"), default="glamm")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, help="only the first N images")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the protocol's sampling and of `random`")
     parser.add_argument("--text-source", choices=("questions", "expressions"), default="questions")
     parser.add_argument("--out", required=True, help="directory for analysis.json, analysis.md, analysis.png")
     parser.add_argument("--no-progress", action="store_true")
@@ -43,31 +33,18 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import load_jsonl, load_refcoco
     from ..evaluation.diagnostics import analyze, markdown, plot_analysis
     from ..io import write_atomic, write_json
     from ..scoring import ClipScorer
 
-    if args.limit is not None and args.limit < 1:
-        raise LiteLVLMError(f"--limit must be at least 1, got {args.limit}.")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise LiteLVLMError(f"--out {args.out!r} is a file; pass a directory.")
-    if not out.parent.exists():
-        raise LiteLVLMError(
-            f"the parent of --out {args.out!r} does not exist; create {str(out.parent)!r} first."
-        )
-    dataset = (
-        load_jsonl(args.jsonl)
-        if args.jsonl
-        else load_refcoco(args.data_root, args.dataset, args.split, args.images)
-    )
+    out = arguments.check_output_dir(args.out)
+    dataset, _, name, split = arguments.load_data(args)
     scorer = ClipScorer.from_pretrained(
         args.clip, dtype=arguments.resolve_dtype(args.dtype), device=arguments.resolve_device(args.device)
     )
     config = {
-        "dataset": Path(args.jsonl).stem if args.jsonl else args.dataset,
-        "split": "all" if args.jsonl else args.split,
+        "dataset": name,
+        "split": split,
         "methods": args.methods,
         "budgets": args.budgets,
         "protocol": args.protocol,

@@ -98,3 +98,81 @@ def resolve_dtype(name: str):
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def add_method_arguments(
+    parser: argparse.ArgumentParser, *, seed_help: str = "seed of the random method"
+) -> None:
+    """Options of the selection methods, shared by the commands that run them."""
+    parser.add_argument("--order", choices=("paper", "raster"), default="paper", help="litelvlm token order")
+    parser.add_argument(
+        "--low-similarity-share",
+        type=share,
+        default=1.0,
+        help="litelvlm: share of the budget for low-similarity tokens (1.0 = the authors' budget // T)",
+    )
+    parser.add_argument(
+        "--text-source",
+        choices=("questions", "expressions"),
+        default="questions",
+        help="what CLIP scores: the questions asked ('Please segment X in this image.', the authors' current "
+        "code) or the raw expressions",
+    )
+    parser.add_argument(
+        "--budget-mode",
+        choices=("average", "final"),
+        default="average",
+        help="in-LLM methods (fastv, pdrop, sparsevlm): the budget is the average number of visual tokens per "
+        "decoder layer, or the number the deepest layers keep",
+    )
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def method_options(args: argparse.Namespace, name: str) -> dict:
+    """The subset of the method flags that method `name` accepts."""
+    from ..selection import get_method
+
+    return get_method(name).supported(
+        order=args.order,
+        low_similarity_share=args.low_similarity_share,
+        seed=args.seed,
+        budget_mode=args.budget_mode,
+    )
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--data-root", help="directory holding refcoco/, refcoco+/, refcocog/ and the COCO images"
+    )
+    source.add_argument("--jsonl", help="a JSONL data set: one referent per line (see docs/evaluation.md)")
+    parser.add_argument("--dataset", choices=("refcoco", "refcoco+", "refcocog"), default="refcoco")
+    parser.add_argument(
+        "--split", default="val", help="val, testA, testB (refcoco, refcoco+); val, test (refcocog)"
+    )
+    parser.add_argument("--images", help="COCO train2014 directory (default: found under --data-root)")
+    parser.add_argument("--limit", type=int, help="only the first N images (sorted by image id)")
+
+
+def load_data(args: argparse.Namespace):
+    """(dataset, its resolved path, name, split) from --data-root/--dataset/--split or --jsonl."""
+    from ..data import load_jsonl, load_refcoco
+
+    if args.limit is not None and args.limit < 1:
+        raise LiteLVLMError(f"--limit must be at least 1, got {args.limit}.")
+    if args.jsonl:
+        return load_jsonl(args.jsonl), str(Path(args.jsonl).resolve()), Path(args.jsonl).stem, "all"
+    dataset = load_refcoco(args.data_root, args.dataset, args.split, images=args.images)
+    return dataset, str(Path(args.data_root).resolve()), args.dataset, args.split
+
+
+def check_output_dir(path: str, flag: str = "--out") -> Path:
+    """A directory to write into: it may exist (as a directory), and its parent must."""
+    output = Path(path)
+    if output.exists() and not output.is_dir():
+        raise LiteLVLMError(f"{flag} {path!r} is a file; pass a directory.")
+    if not output.parent.exists():
+        raise LiteLVLMError(
+            f"the parent of {flag} {path!r} does not exist; create {str(output.parent)!r} first."
+        )
+    return output

@@ -23,6 +23,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model", help="a GLaMM checkpoint (default: the full architecture, random weights)")
     parser.add_argument("--clip", help="CLIP checkpoint for --model (default: the config's mm_vision_tower)")
     parser.add_argument("--llm-layers", type=int, help="scaled run: this many LLM layers (full: 32)")
+    parser.add_argument(
+        "--sam-attention",
+        choices=("sdpa", "eager"),
+        default="sdpa",
+        help="SAM image encoder attention for the random model (eager: Meta's matmul-softmax, for before/after)",
+    )
     parser.add_argument("--sam-layers", type=int, help="scaled run: this many SAM encoder blocks (full: 32)")
     parser.add_argument("--methods", type=arguments.method_list, default=["litelvlm"])
     parser.add_argument("--budgets", type=arguments.budget_list, default=[576, 192, 128, 64])
@@ -80,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
         predictor = GlammPredictor.from_pretrained(args.model, clip=args.clip, dtype=dtype, device=device)
     else:
         predictor = random_glamm_predictor(
-            llm_layers=args.llm_layers, sam_layers=args.sam_layers, dtype=dtype, device=device
+            llm_layers=args.llm_layers,
+            sam_layers=args.sam_layers,
+            sam_attention=args.sam_attention,
+            dtype=dtype,
+            device=device,
         )
     options = {name: get_method(name).supported(budget_mode=args.budget_mode) for name in args.methods}
     rows = benchmark(predictor, image, expressions, args.methods, args.budgets, runs=args.runs,
@@ -92,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model or "GLaMM-7B architecture, random weights",
             "scaled": scaled,
             "scale": f"LLM {args.llm_layers or 32}/32 layers, SAM {args.sam_layers or 32}/32 blocks",
+            "sam_attention": args.sam_attention,
             "device": device,
             "dtype": args.dtype,
             "runs": args.runs,

@@ -37,7 +37,6 @@ def add_parser(subparsers) -> None:
         help="visual tokens fed to the LLM; >= 576 keeps them all (no pruning) (default 576)",
     )
     parser.add_argument("--method", type=arguments.method, default="litelvlm", help="selection method")
-    parser.add_argument("--order", choices=("paper", "raster"), default="paper", help="litelvlm token order")
     parser.add_argument(
         "--full-budget",
         choices=("identity", "method"),
@@ -45,16 +44,7 @@ def add_parser(subparsers) -> None:
         help="at a budget >= 576: keep all tokens in raster order (identity) or run the method anyway "
         "(litelvlm paper order then permutes them, as the authors' code does)",
     )
-    parser.add_argument("--low-similarity-share", type=arguments.share, default=1.0, help="litelvlm split")
-    parser.add_argument("--text-source", choices=("questions", "expressions"), default="questions")
-    parser.add_argument(
-        "--budget-mode",
-        choices=("average", "final"),
-        default="average",
-        help="in-LLM methods (fastv, pdrop, sparsevlm): the budget is the average number of visual tokens per "
-        "decoder layer, or the number the deepest layers keep",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random method")
+    arguments.add_method_arguments(parser)
     parser.add_argument("--generate", action="store_true", help="let the model write its answer (greedy)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="generation length limit")
     parser.add_argument(
@@ -80,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
     from ..images import load_image
     from ..io import save_png, write_json
     from ..scoring import check_text
-    from ..selection import get_method
 
     out = arguments.check_output_file(args.out, "--out")
     if out.suffix.lower() != ".png":
@@ -91,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
         raise LiteLVLMError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
     expressions = [check_text(text) for text in args.text]
     image = load_image(args.image)
-    method = get_method(args.method)
     device = arguments.resolve_device(args.device)
     start = time.perf_counter()
     predictor = GlammPredictor.from_pretrained(
@@ -99,9 +87,7 @@ def run(args: argparse.Namespace) -> int:
     )
     load_seconds = time.perf_counter() - start
     predictor.set_image(image)
-    options = method.supported(
-        order=args.order, low_similarity_share=args.low_similarity_share, seed=args.seed
-    )
+    options = arguments.method_options(args, args.method)
     prediction = predictor.predict(
         expressions,
         budget=args.budget,

@@ -29,20 +29,7 @@ def add_parser(subparsers) -> None:
         help="visual tokens to keep; a budget >= the number of patches (576) keeps them all, in raster order",
     )
     parser.add_argument("--method", type=arguments.method, default="litelvlm", help="selection method")
-    parser.add_argument("--order", choices=("paper", "raster"), default="paper", help="litelvlm token order")
-    parser.add_argument(
-        "--low-similarity-share",
-        type=arguments.share,
-        default=1.0,
-        help="litelvlm: share of the budget for low-similarity tokens (1.0 = the authors' budget // T)",
-    )
-    parser.add_argument(
-        "--text-source",
-        choices=("questions", "expressions"),
-        default="questions",
-        help="score 'Please segment X in this image.' (the authors' current code) or the raw expressions",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random method")
+    arguments.add_method_arguments(parser)
     parser.add_argument("--select-layer", type=int, default=-2, help="CLIP layer the LLM reads (default -2)")
     parser.add_argument("--json", help="write the selection as JSON here (default: print it)")
     parser.add_argument("--overlay", help="write a PNG of the image with kept and pruned patches here")
@@ -69,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
     texts = clip_texts(expressions, args.text_source)
     scorer.set_image(image)
     scores = scorer.score(texts, needs=method.needs)
-    options = method.supported(
-        order=args.order, low_similarity_share=args.low_similarity_share, seed=args.seed
-    )
+    options = arguments.method_options(args, args.method)
     selection = select_tokens(args.method, scores, args.budget, **options)
     payload = {
         "method": args.method,

@@ -46,11 +46,14 @@ def sam_depth_overrides(layers: int | None) -> dict:
     return {"num_hidden_layers": layers, "global_attn_indexes": global_layers}
 
 
-def full_size_glamm_config(llm_layers: int | None = None, sam_layers: int | None = None) -> GlammConfig:
+def full_size_glamm_config(
+    llm_layers: int | None = None, sam_layers: int | None = None, sam_attention: str = "sdpa"
+) -> GlammConfig:
     llama = dict(VICUNA_7B)
     if llm_layers is not None:
         llama["num_hidden_layers"] = llm_layers
-    return GlammConfig(llama=llama, mm_hidden_size=1024, out_dim=256, sam=sam_depth_overrides(sam_layers))
+    sam = {**sam_depth_overrides(sam_layers), "vision_attention": sam_attention}
+    return GlammConfig(llama=llama, mm_hidden_size=1024, out_dim=256, sam=sam)
 
 
 def random_clip(dtype: torch.dtype = torch.bfloat16, device="cpu", seed: int = 0) -> ClipScorer:
@@ -71,6 +74,7 @@ def random_glamm_predictor(
     *,
     llm_layers: int | None = None,
     sam_layers: int | None = None,
+    sam_attention: str = "sdpa",
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     seed: int = 0,
