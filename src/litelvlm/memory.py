@@ -88,3 +88,36 @@ def measure_memory(device: torch.device | str, interval: float = 0.002):
         stop.set()
         sampler.join()
         usage.peak_bytes = max(usage.peak_bytes, rss_bytes())
+
+
+class ModuleMemoryProbe:
+    """Peak activation memory inside one module's forward (e.g. the LLM), over every call while attached:
+    a forward pre-hook starts a `measure_memory` window and a forward hook closes it. For measurement only."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device | str) -> None:
+        self.module, self.device = module, device
+        self.activation_bytes = 0
+        self._window = None
+        self._hooks = []
+
+    def __enter__(self) -> ModuleMemoryProbe:
+        self._hooks = [
+            self.module.register_forward_pre_hook(lambda *args: self._start()),
+            self.module.register_forward_hook(lambda *args: self._stop()),
+        ]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._stop()
+
+    def _start(self) -> None:
+        self._window = measure_memory(self.device)
+        self._usage = self._window.__enter__()
+
+    def _stop(self) -> None:
+        if self._window is not None:
+            self._window.__exit__(None, None, None)
+            self.activation_bytes = max(self.activation_bytes, self._usage.activation_bytes)
+            self._window = None
