@@ -57,8 +57,8 @@ def clip_vocab() -> dict[str, int]:
 
 def write_clip_tokenizer(directory: str | Path) -> None:
     """Write vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json as in openai/clip-vit-*,
-    then tokenizer.json by loading them with transformers' CLIPTokenizer."""
-    from transformers import CLIPTokenizer
+    then tokenizer.json by loading them with transformers' fast CLIP tokenizer."""
+    from transformers import AutoTokenizer
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -98,5 +98,5 @@ def write_clip_tokenizer(directory: str | Path) -> None:
         **special,
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    tokenizer = CLIPTokenizer.from_pretrained(str(directory))
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))  # the tokenizers-backed one on 4.x and 5.x
     tokenizer.backend_tokenizer.save(str(directory / "tokenizer.json"))

@@ -58,7 +58,7 @@ def full_size_glamm_config(
 
 def random_clip(dtype: torch.dtype = torch.bfloat16, device="cpu", seed: int = 0) -> ClipScorer:
     """CLIP ViT-L/14-336 (vision and text towers) with random weights and the real CLIP tokenizer."""
-    from transformers import CLIPModel, CLIPTokenizer
+    from transformers import AutoTokenizer, CLIPModel
 
     from .clip_tokenizer import write_clip_tokenizer
 
@@ -67,7 +67,7 @@ def random_clip(dtype: torch.dtype = torch.bfloat16, device="cpu", seed: int = 0
         model = CLIPModel(full_size_clip_config()).to(device=device, dtype=dtype).eval()
     directory = Path(tempfile.mkdtemp(prefix="litelvlm-clip-tokenizer-"))
     write_clip_tokenizer(directory)
-    return ClipScorer(model, CLIPTokenizer.from_pretrained(str(directory)), ClipPreprocess())
+    return ClipScorer(model, AutoTokenizer.from_pretrained(str(directory)), ClipPreprocess())
 
 
 def random_glamm_predictor(
