@@ -29,6 +29,7 @@ from torch import nn
 from ..selection.in_llm import PruneStep, PruningPlan
 
 ATTRIBUTE = "_litelvlm_pruning"
+KEY_CHUNK = 128  # keys scored at a time when computing a pruning layer's attention rows
 
 
 @dataclass
@@ -244,12 +245,19 @@ def attention_rows(layer, hidden, kwargs, query_rows, valid) -> torch.Tensor:
         .view(batch, -1, attention.config.num_attention_heads, head_dim)
         .transpose(1, 2)
     )
-    k = attention.k_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)
     cos, sin = kwargs["position_embeddings"]
     q = _rotate(q.float(), _take(cos, query_rows).float(), _take(sin, query_rows).float())
-    k = _rotate(k.float(), cos.float(), sin.float())
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    logits = (q @ k.transpose(2, 3)) / math.sqrt(head_dim)
+    if cos.shape[0] != batch:
+        cos, sin = cos.expand(batch, -1, -1), sin.expand(batch, -1, -1)
+    # Keys in chunks: float32 keys for the whole sequence would add tens of MiB to the layer's peak memory.
+    pieces = []
+    for start in range(0, length, KEY_CHUNK):
+        stop = min(length, start + KEY_CHUNK)
+        k = attention.k_proj(normed[:, start:stop]).view(batch, stop - start, -1, head_dim).transpose(1, 2)
+        k = _rotate(k.float(), cos[:, start:stop].float(), sin[:, start:stop].float())
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1) if k.shape[1] != q.shape[1] else k
+        pieces.append(q @ k.transpose(2, 3))
+    logits = torch.cat(pieces, dim=-1) / math.sqrt(head_dim)
     key_index = torch.arange(length, device=hidden.device)
     allowed = (key_index[None, None, :] <= query_rows[:, :, None]) & valid[:, None, :]
     logits = logits.masked_fill(~allowed[:, None], float("-inf"))
