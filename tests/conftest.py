@@ -44,3 +44,26 @@ def image_file(tmp_path):
     path = tmp_path / "photo.jpg"
     random_image(7).save(path, quality=95)
     return path
+
+
+def capture_seg_states(predictor, expressions, **predict_options):
+    """Run predict() and return (prediction, rows fed to text_hidden_fcs [n, H], final hidden states [L, H])."""
+    captured = {}
+    model = predictor.model
+    hooks = [
+        model.text_hidden_fcs.register_forward_hook(lambda m, i, o: captured.__setitem__("seg", i[0])),
+        model.llm.model.register_forward_hook(
+            lambda m, i, o: captured.__setitem__("hidden", o.last_hidden_state)
+        ),
+    ]
+    try:
+        prediction = predictor.predict(expressions, **predict_options)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return prediction, captured["seg"], captured["hidden"][0]
+
+
+def matching_rows(rows, hidden):
+    """For each row, the index of the hidden state it equals (nearest in L1)."""
+    return [int((hidden - row).abs().sum(dim=-1).argmin()) for row in rows]

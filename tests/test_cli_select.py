@@ -13,6 +13,11 @@ from litelvlm.prompts import question
 from reference import litelvlm_reference
 
 
+def select(capsys, clip_dir, image, *extra):
+    """`litelvlm select --clip clip_dir --image image *extra` -> (exit code, stdout, stderr)."""
+    return run_cli(capsys, "select", "--clip", str(clip_dir), "--image", str(image), *extra)
+
+
 def run_cli(capsys, *argv):
     """(exit code, stdout, stderr); argparse's own refusals exit through SystemExit."""
     try:
@@ -25,13 +30,10 @@ def run_cli(capsys, *argv):
 
 def test_select_writes_json_and_overlay(tiny_clip_dir, image_file, tmp_path, capsys, scorer):
     out, overlay = tmp_path / "sel.json", tmp_path / "overlay.png"
-    code, _, err = run_cli(
+    code, _, err = select(
         capsys,
-        "select",
-        "--clip",
-        str(tiny_clip_dir),
-        "--image",
-        str(image_file),
+        tiny_clip_dir,
+        image_file,
         "--text",
         "the man in red",
         "--text",
@@ -61,13 +63,10 @@ def test_select_writes_json_and_overlay(tiny_clip_dir, image_file, tmp_path, cap
 
 
 def test_select_prints_json_without_a_file(tiny_clip_dir, image_file, capsys):
-    code, out, _ = run_cli(
+    code, out, _ = select(
         capsys,
-        "select",
-        "--clip",
-        str(tiny_clip_dir),
-        "--image",
-        str(image_file),
+        tiny_clip_dir,
+        image_file,
         "--text",
         "a dog",
         "--budget",
@@ -82,13 +81,10 @@ def test_select_prints_json_without_a_file(tiny_clip_dir, image_file, capsys):
 
 @pytest.mark.parametrize("method", ["uniform", "topk_similarity", "cls_attention", "visionzip", "divprune"])
 def test_every_method_runs_from_the_cli(tiny_clip_dir, image_file, capsys, method):
-    code, out, err = run_cli(
+    code, out, err = select(
         capsys,
-        "select",
-        "--clip",
-        str(tiny_clip_dir),
-        "--image",
-        str(image_file),
+        tiny_clip_dir,
+        image_file,
         "--text",
         "a dog",
         "--budget",
@@ -149,20 +145,15 @@ def test_not_a_clip_checkpoint_and_not_an_image(tmp_path, tiny_clip_dir, image_f
 
 
 def test_no_text_is_refused(tiny_clip_dir, image_file, capsys):
-    code, _, err = run_cli(
-        capsys, "select", "--clip", str(tiny_clip_dir), "--image", str(image_file), "--budget", "4"
-    )
+    code, _, err = select(capsys, tiny_clip_dir, image_file, "--budget", "4")
     assert code == 2 and "--text" in err
 
 
 def test_long_text_warns_once_on_one_line(tiny_clip_dir, image_file, capsys):
-    code, _, err = run_cli(
+    code, _, err = select(
         capsys,
-        "select",
-        "--clip",
-        str(tiny_clip_dir),
-        "--image",
-        str(image_file),
+        tiny_clip_dir,
+        image_file,
         "--text",
         "the man " * 60,
         "--text",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_image
+from conftest import capture_seg_states, matching_rows, random_image
 from litelvlm.errors import LiteLVLMError
 from litelvlm.hosts.glamm import load_glamm, our_keys
 from litelvlm.hosts.glamm_predictor import GlammPredictor
@@ -67,21 +67,8 @@ def test_paper_order_at_full_budget_is_a_reported_permutation(predictor, picture
 
 def test_seg_state_comes_from_the_token_before_seg_in_the_spliced_sequence(predictor, picture):
     """Fails if the [SEG] token's own state, or GLaMM's constant 575 offset, were used at budget 64."""
-    captured = {}
-    hooks = [
-        predictor.model.text_hidden_fcs.register_forward_hook(
-            lambda m, i, o: captured.__setitem__("seg", i[0])
-        ),
-        predictor.model.llm.model.register_forward_hook(
-            lambda m, i, o: captured.__setitem__("hidden", o.last_hidden_state)
-        ),
-    ]
-    try:
-        predictor.set_image(picture)
-        predictor.predict(EXPRESSIONS[:2], budget=64, answer_templates=[2, 4])
-    finally:
-        for hook in hooks:
-            hook.remove()
+    predictor.set_image(picture)
+    _, seg_rows, hidden = capture_seg_states(predictor, EXPRESSIONS[:2], budget=64, answer_templates=[2, 4])
     ids = predictor.tokenizer.encode_with_image(
         render_conversation(build_turns(EXPRESSIONS[:2], [1, 1], [2, 4]))
     )
@@ -89,8 +76,7 @@ def test_seg_state_comes_from_the_token_before_seg_in_the_spliced_sequence(predi
     expected = [
         s + 64 - 1 - 1 for s in seg_original
     ]  # spliced index of [SEG] is s + K - 1; take the one before
-    hidden = captured["hidden"][0]
-    found = [int((hidden - row).abs().sum(dim=-1).argmin()) for row in captured["seg"]]
+    found = matching_rows(seg_rows, hidden)
     assert found == expected
     assert all(f + 1 != 575 + s for f, s in zip(found, seg_original))  # not GLaMM's K=576 constant
 

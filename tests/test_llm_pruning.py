@@ -4,7 +4,7 @@ against transformers' own eager attention, [SEG] rows after dropping, batching, 
 import pytest
 import torch
 
-from conftest import random_image
+from conftest import capture_seg_states, matching_rows, random_image
 from litelvlm.errors import LiteLVLMError
 from litelvlm.hosts.glamm_predictor import GlammPredictor
 from litelvlm.hosts.glamm_text import build_turns, render_conversation
@@ -129,28 +129,16 @@ def test_kept_tokens_match_a_plain_reference_of_the_scoring_rule(predictor, pict
 
 @pytest.mark.parametrize("method", ["fastv", "pdrop", "sparsevlm"])
 def test_seg_rows_are_exact_after_dropping(predictor, picture, method):
-    captured = {}
-    hooks = [
-        predictor.model.text_hidden_fcs.register_forward_hook(
-            lambda m, i, o: captured.__setitem__("seg", i[0])
-        ),
-        predictor.model.llm.model.register_forward_hook(
-            lambda m, i, o: captured.__setitem__("h", o.last_hidden_state)
-        ),
-    ]
-    try:
-        predictor.set_image(picture)
-        result = predictor.predict(EXPRESSIONS, budget=64, method=method, budget_mode="final")
-    finally:
-        for hook in hooks:
-            hook.remove()
+    predictor.set_image(picture)
+    result, seg_rows, hidden = capture_seg_states(
+        predictor, EXPRESSIONS, budget=64, method=method, budget_mode="final"
+    )
     ids = predictor.tokenizer.encode_with_image(render_conversation(build_turns(EXPRESSIONS, [1, 1], [0, 0])))
     seg = [i for i, token in enumerate(ids) if token == predictor.tokenizer.seg_id]
     dropped = N - result.tokens_per_layer[-1]
     expected = [s + N - 2 - dropped for s in seg]
-    hidden = captured["h"][0]
     assert hidden.shape[0] == len(ids) - 1 + N - dropped
-    assert [int((hidden - row).abs().sum(-1).argmin()) for row in captured["seg"]] == expected
+    assert matching_rows(seg_rows, hidden) == expected
 
 
 @pytest.mark.parametrize("method", ["fastv", "sparsevlm"])
