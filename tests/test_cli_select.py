@@ -188,3 +188,13 @@ def test_console_script_runs_as_a_module(tiny_clip_dir, image_file):
         check=False,
     )
     assert result.returncode == 2 and "at least 1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_closed_pipe_ends_quietly(tiny_clip_dir, image_file):
+    command = [sys.executable, "-m", "litelvlm", "select", "--clip", str(tiny_clip_dir), "--image", str(image_file),
+               "--text", "a dog", "--budget", "8"]  # fmt: skip
+    reader = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.close()  # the consumer goes away before the JSON is printed
+    stderr = reader.stderr.read().decode()
+    reader.wait()
+    assert "Traceback" not in stderr

@@ -6,6 +6,7 @@ Bad input ends in one sentence on stderr and exit code 2, never a traceback; war
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"litelvlm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `litelvlm select ... | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _quiet_transformers() -> None:
