@@ -5,6 +5,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from litelvlm.testing import make_tiny_clip, make_tiny_glamm  # noqa: E402
@@ -18,6 +19,14 @@ def tiny_clip_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_glamm_dir(tmp_path_factory):
     return make_tiny_glamm(tmp_path_factory.mktemp("tiny-glamm"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_glamm_dir):
+    """The tiny GLaMM in float32, shared by the host tests (each test sets its own image)."""
+    from litelvlm.hosts.glamm_predictor import GlammPredictor
+
+    return GlammPredictor.from_pretrained(tiny_glamm_dir, dtype=torch.float32, device="cpu")
 
 
 @pytest.fixture(scope="session")

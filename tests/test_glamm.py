@@ -18,11 +18,6 @@ EXPRESSIONS = ["the man in red", "white car on the left", "a small dog"]
 
 
 @pytest.fixture(scope="session")
-def predictor(tiny_glamm_dir):
-    return GlammPredictor.from_pretrained(tiny_glamm_dir, dtype=torch.float32, device="cpu")
-
-
-@pytest.fixture(scope="session")
 def picture():
     return random_image(11, 300, 220)
 

@@ -6,7 +6,6 @@ import torch
 
 from conftest import capture_seg_states, matching_rows, random_image
 from litelvlm.errors import LiteLVLMError
-from litelvlm.hosts.glamm_predictor import GlammPredictor
 from litelvlm.hosts.glamm_text import build_turns, render_conversation
 from litelvlm.hosts.llm import final_hidden_states, splice_visual_tokens
 from litelvlm.hosts.llm_pruning import apply_pruning, pruning, remove_pruning
@@ -15,11 +14,6 @@ from litelvlm.selection.base import TokenScores
 
 EXPRESSIONS = ["the man in red", "white car on the left"]
 N = 576
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_glamm_dir):
-    return GlammPredictor.from_pretrained(tiny_glamm_dir, dtype=torch.float32, device="cpu")
 
 
 @pytest.fixture(scope="module")

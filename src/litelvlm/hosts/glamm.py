@@ -46,7 +46,7 @@ LLAMA_FIELDS = (
     "initializer_range",
 )
 SKIPPED_PREFIXES = ("model.region_encoder.", "model.vision_tower.", "model.vision_model.")
-GLAMM_FIELDS = ("mm_hidden_size", "mm_vision_select_layer", "out_dim", "mm_use_im_start_end")
+REQUIRED_FIELDS = ("hidden_size", "num_hidden_layers", "mm_hidden_size")  # without them it is not GLaMM
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,7 @@ class GlammConfig:
 
     @classmethod
     def from_dict(cls, config: Mapping, where: str = "config.json") -> GlammConfig:
-        missing = [
-            name for name in ("hidden_size", "num_hidden_layers", *GLAMM_FIELDS[:1]) if name not in config
-        ]
+        missing = [name for name in REQUIRED_FIELDS if name not in config]
         if missing or "GLaMMForCausalLM" not in config.get("architectures", ["GLaMMForCausalLM"]):
             raise LiteLVLMError(
                 f"{where} is not a GLaMM checkpoint config (missing {', '.join(missing) or 'GLaMMForCausalLM'}); "

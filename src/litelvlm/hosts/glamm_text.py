@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import LiteLVLMError
 from ..prompts import ANSWER_LIST, SEG_QUESTIONS, question
-from .llm import IMAGE_TOKEN_INDEX  # noqa: E402  (shared with the splicing code)
+from .llm import IMAGE_TOKEN_INDEX  # noqa: F401  (re-exported: part of this module's vocabulary)
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN = "<image>"
