@@ -108,12 +108,15 @@ def _meta_forward(sam, pixels, text, resized, original):
     return embedding, low_res[:, 0], masks[:, 0]
 
 
-def test_parity_with_segment_anything(meta_sam, ours, inputs):
+@pytest.mark.parametrize("fused_encoder", [True, False])  # litelvlm's encoder forward and transformers' own
+def test_parity_with_segment_anything(meta_sam, ours, inputs, fused_encoder):
     pixels, resized, original, text = inputs
     ref_embedding, ref_low, ref_masks = _meta_forward(meta_sam, pixels, text, resized, original)
+    ours.fused_encoder = fused_encoder
     with torch.no_grad():
         embedding = ours.embed_image(pixels)
         low = ours.decode(embedding, text)
+    ours.fused_encoder = True
     masks = postprocess_masks(low, resized, original)
     assert (
         embedding.shape == (1, 256, 64, 64) and low.shape == (3, 256, 256) and masks.shape == (3, *original)

@@ -25,9 +25,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--llm-layers", type=int, help="scaled run: this many LLM layers (full: 32)")
     parser.add_argument(
         "--sam-attention",
-        choices=("sdpa", "eager"),
-        default="sdpa",
-        help="SAM image encoder attention for the random model (eager: Meta's matmul-softmax, for before/after)",
+        choices=("fused", "sdpa", "eager"),
+        default="fused",
+        help="SAM image encoder of the random model: litelvlm's fused forward (default), or transformers' layers "
+        "with SDPA or eager attention (for before/after)",
     )
     parser.add_argument("--sam-layers", type=int, help="scaled run: this many SAM encoder blocks (full: 32)")
     parser.add_argument("--methods", type=arguments.method_list, default=["litelvlm"])

@@ -25,7 +25,7 @@ from torch import nn
 from ..checkpoints import hub_error, looks_like_hub_id, read_config, resolve_checkpoint
 from ..errors import LiteLVLMError
 from .checkpoint_files import iter_shards, tensor_shapes, weight_files
-from .sam import SAM_PREFIX, GroundingSam, glamm_to_hf_sam_key, sam_vit_h_config
+from .sam import SAM_PREFIX, build_grounding_sam, glamm_to_hf_sam_key
 
 LLAMA_FIELDS = (
     "vocab_size",
@@ -58,7 +58,9 @@ class GlammConfig:
     out_dim: int = 256
     select_layer: int = -2
     vision_tower: str = "openai/clip-vit-large-patch14-336"
-    sam: dict | None = None  # overrides of SAM ViT-H's image encoder, read from the checkpoint's shapes
+    sam: dict | None = (
+        None  # build_grounding_sam options: encoder sizes (read from the checkpoint), vision_attention
+    )
 
     @classmethod
     def from_dict(cls, config: Mapping, where: str = "config.json") -> GlammConfig:
@@ -105,7 +107,7 @@ class GlammModel(nn.Module):
         self.text_hidden_fcs = nn.Sequential(
             nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, config.out_dim), nn.Dropout(0.0)
         )
-        self.sam = GroundingSam(sam_vit_h_config(**(config.sam or {})))
+        self.sam = build_grounding_sam(**(config.sam or {}))
 
     @property
     def device(self) -> torch.device:

@@ -7,8 +7,10 @@ decoder fed with one text embedding per `[SEG]` as its single sparse token. The 
 still built so that every checkpoint tensor has a home (strict loading catches missing or misnamed keys).
 
 Numerics (spec §10): the module runs in its own dtype (bf16 for parity), including the dense positional
-encoding, without autocast; attention is forced to "eager" (explicit softmax, as in Meta's code) rather than SDPA;
-only `postprocess_masks` works in fp32.
+encoding, without autocast; only `postprocess_masks` works in fp32. The image encoder runs through
+`sam_encoder.encode_image` (same weights and mathematics as transformers' forward, ~1.4x faster on a CPU; softmax
+in the module dtype, as Meta's bf16 SAM) unless `fused_encoder=False`; the mask decoder's attention is eager
+(explicit softmax, as in Meta's code).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from transformers.models.sam.modeling_sam import (
     SamVisionEncoder,
 )
 
+from .sam_encoder import encode_image
+
 SAM_PREFIX = "model.grounding_encoder."
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -42,9 +46,9 @@ _VISION_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_attention_heads", 
 def sam_vit_h_config(vision_attention: str = "sdpa", **overrides) -> SamConfig:
     """The `SamConfig` of SAM ViT-H as used by GLaMM (Meta's `build_sam_vit_h`).
 
-    vision_attention: "sdpa" (default: the relative-position bias goes in as SDPA's mask) or "eager" (Meta's
-    explicit matmul-softmax; slower, bit-closer in bf16). Supported overrides, for tiny test models with the
-    same key names:
+    vision_attention: the attention of transformers' image-encoder layers, used when `GroundingSam` runs them
+    itself (`fused_encoder=False`): "sdpa" (default: the relative-position bias goes in as SDPA's mask) or
+    "eager" (Meta's explicit matmul-softmax). Supported overrides, for tiny test models with the same key names:
     `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `mlp_dim` (default 4 * hidden_size),
     `window_size`, `global_attn_indexes` (image encoder) and `decoder_mlp_dim` (mask-decoder MLP, default 2048).
     """
@@ -93,9 +97,9 @@ def sam_vit_h_config(vision_attention: str = "sdpa", **overrides) -> SamConfig:
         "layer_norm_eps": 1e-5,
     }
     config = SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
-    # The decoder's attention is eager, as Meta's explicit matmul-softmax. The image encoder uses SDPA with the
-    # decomposed relative-position bias as its mask: the same mathematics (fp32 parity with Meta ~1e-5), 1.6x
-    # faster on a CPU for ViT-H (eager materialises 16 x 4096 x 4096 fp32 scores in each global block).
+    # The decoder's attention is eager, as Meta's explicit matmul-softmax. transformers' image-encoder layers
+    # use SDPA with the decomposed relative-position bias as its mask: the same mathematics (fp32 parity with
+    # Meta ~1e-5), faster than eager on a CPU (eager materialises 16 x 4096 x 4096 fp32 scores per global block).
     for cfg in (config, config.prompt_encoder_config, config.mask_decoder_config):
         cfg._attn_implementation = "eager"
     config.vision_config._attn_implementation = vision_attention
@@ -191,12 +195,27 @@ def _preview(keys: list[str], limit: int = 5) -> str:
     return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-class GroundingSam(nn.Module):
-    """SAM image encoder + prompt encoder + mask decoder, driven the way GLaMM drives them for `[SEG]` tokens."""
+def build_grounding_sam(vision_attention: str = "fused", **overrides) -> GroundingSam:
+    """GroundingSam of SAM ViT-H (`sam_vit_h_config` overrides). vision_attention: "fused" (litelvlm's own
+    image-encoder forward, the default), or "sdpa" / "eager" (transformers' layers with that attention)."""
+    if vision_attention not in ("fused", "sdpa", "eager"):
+        raise ValueError(f"vision_attention must be 'fused', 'sdpa' or 'eager', not {vision_attention!r}")
+    fused = vision_attention == "fused"
+    config = sam_vit_h_config("sdpa" if fused else vision_attention, **overrides)
+    return GroundingSam(config, fused_encoder=fused)
 
-    def __init__(self, config: SamConfig):
+
+class GroundingSam(nn.Module):
+    """SAM image encoder + prompt encoder + mask decoder, driven the way GLaMM drives them for `[SEG]` tokens.
+
+    fused_encoder: run the image encoder through `sam_encoder.encode_image` (default) rather than transformers'
+    `SamVisionEncoder.forward`; both use the same modules and weights and can be switched at any time.
+    """
+
+    def __init__(self, config: SamConfig, fused_encoder: bool = True):
         super().__init__()
         self.config = config
+        self.fused_encoder = fused_encoder
         self.vision_encoder = SamVisionEncoder(config.vision_config)
         # Only no_mask_embed is used; the point/box/mask modules are kept so every checkpoint key has a home.
         self.prompt_encoder = SamPromptEncoder(config)
@@ -243,7 +262,10 @@ class GroundingSam(nn.Module):
     @torch.no_grad()  # inference only; ViT-H activations would otherwise be kept for backward
     def embed_image(self, pixel_values: Tensor) -> Tensor:
         """[B,3,1024,1024] normalised, padded pixels -> image embeddings [B,256,64,64] (module dtype)."""
-        return self.vision_encoder(pixel_values.to(self.dtype))[0]
+        pixel_values = pixel_values.to(self.dtype)
+        if self.fused_encoder:
+            return encode_image(self.vision_encoder, pixel_values)
+        return self.vision_encoder(pixel_values)[0]
 
     def dense_pe(self) -> Tensor:
         """Dense positional encoding of the 64x64 embedding grid, [1,256,64,64], computed in the PE's dtype.

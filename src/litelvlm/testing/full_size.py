@@ -47,7 +47,7 @@ def sam_depth_overrides(layers: int | None) -> dict:
 
 
 def full_size_glamm_config(
-    llm_layers: int | None = None, sam_layers: int | None = None, sam_attention: str = "sdpa"
+    llm_layers: int | None = None, sam_layers: int | None = None, sam_attention: str = "fused"
 ) -> GlammConfig:
     llama = dict(VICUNA_7B)
     if llm_layers is not None:
@@ -74,7 +74,7 @@ def random_glamm_predictor(
     *,
     llm_layers: int | None = None,
     sam_layers: int | None = None,
-    sam_attention: str = "sdpa",
+    sam_attention: str = "fused",
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     seed: int = 0,
@@ -82,7 +82,7 @@ def random_glamm_predictor(
     """A GlammPredictor at GLaMM-7B's architecture with random weights; the tokenizer is a small SentencePiece
     model with GLaMM's 7 added tokens (ids stay below the 32,007-row embedding)."""
     model = random_glamm(
-        full_size_glamm_config(llm_layers, sam_layers), dtype=dtype, device=device, seed=seed
+        full_size_glamm_config(llm_layers, sam_layers, sam_attention), dtype=dtype, device=device, seed=seed
     )
     directory = Path(tempfile.mkdtemp(prefix="litelvlm-llama-tokenizer-"))
     write_tiny_llama_tokenizer(directory, vocab_size=1100)
