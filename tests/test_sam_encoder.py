@@ -39,7 +39,7 @@ def _reference_attention(query, key, value, scale, grid, rel_h, rel_w):
 
 
 @pytest.mark.parametrize("grid", [(3, 4), (8, 8)])  # gh + gw <= d folds the bias into the GEMM; > d adds it
-@pytest.mark.parametrize("max_elements", [10**9, 200])  # one block of queries; many uneven blocks
+@pytest.mark.parametrize("max_elements", [10**9, 300, 200])  # one block; uneven blocks of items; of queries
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_attention_matches_explicit_softmax(grid, max_elements, with_bias):
     generator = torch.Generator().manual_seed(0)
