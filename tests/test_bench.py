@@ -56,3 +56,40 @@ def test_measure_memory_sees_a_large_allocation():
         block += 1
         del block
     assert usage.activation_bytes >= 48 * 2**20 and usage.peak_bytes >= usage.baseline_bytes
+
+
+@pytest.mark.parametrize("attention", ["fused", "sdpa", "eager"])
+def test_random_model_gets_the_requested_sam_encoder(attention, monkeypatch):
+    """--sam-attention reaches the random full-size model (it once stopped at random_glamm_predictor)."""
+    from litelvlm.testing import full_size
+
+    class Built(Exception):
+        pass
+
+    def capture(config, **_):
+        raise Built(config.sam)
+
+    monkeypatch.setattr(full_size, "random_glamm", capture)
+    with pytest.raises(Built) as built:
+        full_size.random_glamm_predictor(llm_layers=1, sam_layers=2, sam_attention=attention)
+    assert built.value.args[0]["vision_attention"] == attention
+
+
+def test_bench_with_a_checkpoint_switches_the_sam_encoder(tiny_glamm_dir, tmp_path, capsys, monkeypatch):
+    from litelvlm.hosts import glamm_predictor
+
+    seen = []
+    original = glamm_predictor.GlammPredictor.set_image
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.model.sam.fused_encoder)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(glamm_predictor.GlammPredictor, "set_image", spy)
+    common = ["bench", "--model", str(tiny_glamm_dir), "--budgets", "576", "--runs", "1", "--warmup", "0",
+              "--dtype", "float32", "--no-progress"]  # fmt: skip
+    assert main([*common, "--sam-attention", "sdpa"]) == 0
+    assert seen and not any(seen)
+    assert main([*common, "--sam-attention", "eager"]) == 2
+    err = capsys.readouterr().err
+    assert "--sam-attention eager" in err and "Traceback" not in err

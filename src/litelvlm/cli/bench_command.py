@@ -84,7 +84,12 @@ def run(args: argparse.Namespace) -> int:
             raise LiteLVLMError(
                 "--llm-layers/--sam-layers apply to the random full-size model; drop --model."
             )
+        if args.sam_attention == "eager":
+            raise LiteLVLMError(
+                "--sam-attention eager applies to the random full-size model; use fused or sdpa with --model."
+            )
         predictor = GlammPredictor.from_pretrained(args.model, clip=args.clip, dtype=dtype, device=device)
+        predictor.model.sam.fused_encoder = args.sam_attention == "fused"
     else:
         predictor = random_glamm_predictor(
             llm_layers=args.llm_layers,

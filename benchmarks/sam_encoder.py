@@ -1,0 +1,132 @@
+"""Before/after of SAM ViT-H's image encoder: transformers' forward vs litelvlm's fused forward, same weights.
+
+    python benchmarks/sam_encoder.py --runs 3 --json benchmarks/results/sam_encoder_cpu_bf16.json \
+        --markdown benchmarks/results/sam_encoder_cpu_bf16.md
+
+Variants, interleaved round robin (median of --runs after one warm-up each):
+- transformers eager: `SamVisionEncoder` with eager attention (Meta's explicit matmul-softmax);
+- transformers sdpa: the same with SDPA attention (litelvlm's encoder before the fused forward);
+- transformers sdpa, contiguous: the same, with the residual stream made contiguous after the patch embedding
+  (isolates transformers' permuted-view issue);
+- litelvlm fused: `litelvlm.hosts.sam_encoder.encode_image`.
+Random weights at ViT-H's exact architecture (speed does not depend on weight values); no download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import time
+
+import torch
+from transformers.models.sam.modeling_sam import SamVisionEncoder
+
+from litelvlm.bench import machine
+from litelvlm.hosts.sam import sam_vit_h_config
+from litelvlm.hosts.sam_encoder import encode_image
+from litelvlm.io import write_atomic, write_json
+
+
+def contiguous_stream_forward(encoder: SamVisionEncoder, pixels: torch.Tensor) -> torch.Tensor:
+    hidden = encoder.patch_embed(pixels).contiguous() + encoder.pos_embed
+    for layer in encoder.layers:
+        hidden = layer(hidden)
+    return encoder.neck(hidden)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json")
+    parser.add_argument("--markdown")
+    args = parser.parse_args()
+    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
+
+    torch.manual_seed(0)
+    encoders = {}
+    for attention in ("eager", "sdpa"):
+        with torch.device(device):
+            encoders[attention] = SamVisionEncoder(sam_vit_h_config(attention).vision_config).to(dtype).eval()
+    encoders["eager"].load_state_dict(encoders["sdpa"].state_dict())
+    sdpa = encoders["sdpa"]
+    variants = {
+        "transformers eager": lambda x: encoders["eager"](x).last_hidden_state,
+        "transformers sdpa": lambda x: sdpa(x).last_hidden_state,
+        "transformers sdpa, contiguous": lambda x: contiguous_stream_forward(sdpa, x),
+        "litelvlm fused": lambda x: encode_image(sdpa, x),
+    }
+    pixels = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+
+    def timed(fn):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = fn(pixels)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start, out
+
+    reference = timed(variants["transformers sdpa"])[1].float()
+    seconds = {name: [] for name in variants}
+    errors = {}
+    for name, fn in variants.items():  # warm-up, and each variant's difference from transformers sdpa
+        out = timed(fn)[1].float()
+        errors[name] = ((out - reference).norm() / reference.norm()).item()
+    for _ in range(args.runs):
+        for name, fn in variants.items():
+            seconds[name].append(timed(fn)[0])
+    baseline = statistics.median(seconds["transformers sdpa"])
+    rows = [
+        {
+            "variant": name,
+            "median_s": statistics.median(times),
+            "seconds": times,
+            "speedup_vs_transformers_sdpa": baseline / statistics.median(times),
+            "relative_difference_vs_transformers_sdpa": errors[name],
+        }
+        for name, times in seconds.items()
+    ]
+    command = "python benchmarks/sam_encoder.py " + " ".join(
+        f"--{key} {value}" for key, value in vars(args).items() if value is not None
+    )
+    report = {
+        "rows": rows,
+        "config": {
+            "model": "SAM ViT-H image encoder, random weights",
+            "device": device.type,
+            "dtype": args.dtype,
+            "runs": args.runs,
+            "machine": machine(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": command,
+        },
+    }
+    lines = [
+        "# SAM ViT-H image encoder: transformers vs litelvlm's fused forward",
+        "",
+        f"{device.type}, {args.dtype}, {report['config']['machine']['threads']} threads, torch "
+        f"{torch.__version__}; median of {args.runs} runs after a warm-up; {report['config']['date']}.",
+        f"Command: `{command}`",
+        "",
+        "| variant | median s | speed-up vs transformers sdpa | relative difference vs transformers sdpa |",
+        "|---|---|---|---|",
+        *(
+            f"| {r['variant']} | {r['median_s']:.2f} | {r['speedup_vs_transformers_sdpa']:.2f}x | "
+            f"{r['relative_difference_vs_transformers_sdpa']:.1e} |"
+            for r in rows
+        ),
+        "",
+    ]
+    print("\n".join(lines))
+    if args.json:
+        write_json(args.json, report)
+    if args.markdown:
+        write_atomic(args.markdown, "\n".join(lines).encode())
+
+
+if __name__ == "__main__":
+    main()
