@@ -1,4 +1,4 @@
-"""`litelvlm` command line: select | segment | eval | analyze | bench | demo.
+"""`litelvlm` command line: select | segment | eval | analyze | bench.
 
 Bad input ends in one sentence on stderr and exit code 2, never a traceback; warnings are one line each.
 """
@@ -11,6 +11,7 @@ import sys
 import warnings
 
 from ..errors import LiteLVLMError
+from ..memory import keep_freed_memory_for_reuse
 from . import analyze_command, bench_command, eval_command, segment_command, select_command
 
 COMMANDS = (select_command, segment_command, eval_command, analyze_command, bench_command)
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     warnings.showwarning = _one_line_warning
     _quiet_transformers()
+    if os.environ.get("LITELVLM_KEEP_FREED_MEMORY", "1") != "0":
+        keep_freed_memory_for_reuse()  # CPU: no page faults for every large tensor (see litelvlm.memory)
     try:
         return args.run(args) or 0
     except LiteLVLMError as error:
