@@ -2,21 +2,23 @@
 
 SAM ViT-H's image encoder is the largest budget-independent stage of GLaMM (5.6 TFLOP per image), so every second
 it wastes caps what token pruning can gain end to end. transformers' `SamVisionEncoder` loses time in places that
-have nothing to do with its matrix products (measured on a 2-core CPU in bf16, 14.2 s -> ~9 s for the encoder):
+have nothing to do with its matrix products; on a 2-core CPU in bf16 this forward takes 7.3 s against 13.1 s
+(`benchmarks/sam_encoder.py`, results in `benchmarks/results/sam_encoder_cpu_bf16.md`):
 
-- its patch embedding returns a permuted (channels-first in memory) view, so the whole residual stream stays
-  non-contiguous: every LayerNorm copies and every residual add runs strided;
+- the decomposed relative-position bias is materialised as a [B*heads, L, L] mask (512 MB per global block) and
+  handed to SDPA; here it goes into the scores directly (`(q * scale) @ k^T + rel_h + rel_w`, as Meta's code),
+  attention runs in blocks of 8 MB of scores that stay in cache (one head x 1,024 queries for a global block:
+  2.4x faster than transformers' SDPA call), and the softmax runs in the module dtype (as Meta's bf16 SAM);
 - windowed blocks pad the normalised tokens and run `qkv` and `proj` on the padding (4,900 instead of 4,096
   tokens); here `qkv` runs on the real tokens and the padding gets its exact value, the `qkv` bias (Meta pads the
   LayerNorm output with zeros before `qkv`);
 - the MLP's exact GELU is a separate pass over [B, 64, 64, 5120]; on a CPU with oneDNN it runs inside the
   `lin1` GEMM (the fused linear-pointwise kernel PyTorch's own compiler uses), 15 % faster in bf16;
-- the decomposed relative-position bias is materialised as a [B*heads, L, L] mask (512 MB per global block) and
-  handed to SDPA; here it is added in place to the scores, a block of queries at a time, with Meta's
-  `(q * scale) @ k^T + rel_h + rel_w`, a softmax in the module's dtype (as Meta's bf16 SAM) and `@ v`.
+- its patch embedding returns a permuted (channels-first in memory) view, so the residual stream stays
+  non-contiguous; here it is made contiguous once.
 
-`encode_image(encoder, pixels)` is a drop-in for `encoder(pixels).last_hidden_state`; tests hold it to the
-transformers forward (fp32: ~1e-5; bf16: bf16 rounding).
+`encode_image(encoder, pixels)` is a drop-in for `encoder(pixels).last_hidden_state`; tests hold every layer to
+transformers' forward (fp32, 1e-5) and the whole encoder to Meta's segment-anything (fp32, 1e-4).
 """
 
 from __future__ import annotations
