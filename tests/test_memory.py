@@ -15,7 +15,7 @@ def page_faults_of_one_cycle():
     tensors = [torch.ones(6 * 2**20) for _ in range(4)]  # 4 x 24 MiB, freed together
     del tensors
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(json.dumps({"applied": applied, "faults": [page_faults_of_one_cycle() for _ in range(4)]}))
+print(json.dumps({"applied": applied, "faults": [page_faults_of_one_cycle() for _ in range(6)]}))
 """
 
 
@@ -25,10 +25,14 @@ def _cycles(mode: str) -> dict:
 
 
 def test_freed_tensors_are_reused_without_new_page_faults():
+    """With the setting, a steady cycle of large tensors mostly needs no new pages: glibc keeps them. (Not all
+    cycles: the kernel may take pages back on its own. glibc's default adapts its mmap threshold by itself,
+    sometimes after two cycles, sometimes never, so it is not compared here; the speed difference is measured
+    in benchmarks, see docs/performance.md.)"""
     kept = _cycles("keep")
     if not kept["applied"]:
         pytest.skip("not glibc")
-    default = _cycles("default")
     pages = 4 * 24 * 2**20 // 4096
-    assert default["faults"][-1] > pages // 2  # glibc's default hands the memory back and faults it in again
-    assert kept["faults"][-1] < pages // 100
+    assert kept["faults"][0] > pages // 2, kept  # the first cycle does fault its pages in: the probe works
+    fault_free = [faults < pages // 100 for faults in kept["faults"][2:]]
+    assert sum(fault_free) >= 3, kept
