@@ -44,9 +44,9 @@ def keep_freed_memory_for_reuse() -> bool:
     """Let glibc keep freed memory in the heap for the next tensor instead of returning it to the OS.
 
     By default, every large tensor of a CPU forward is a fresh `mmap` (or heap memory just trimmed back to the
-    OS), so the kernel faults in and zeroes its pages again: ~7 % of SAM ViT-H's encoder time on a 2-core CPU.
-    Allocations up to 32 MiB (glibc's maximum) come from the heap and the heap is never trimmed automatically;
-    the effect of running under jemalloc or tcmalloc, as PyTorch's CPU tuning guide recommends.
+    OS), so the kernel faults in and zeroes its pages again: ~10 % of SAM ViT-H's encoder time on a 2-core CPU
+    (9.1 s -> 8.1 s). Here allocations up to 32 MiB (glibc's maximum) come from the heap and the heap is never
+    trimmed automatically, much as under jemalloc or tcmalloc (which PyTorch's CPU performance guide suggests).
     `release_free_memory()` still trims on demand. Process-wide: the CLI calls this, the library does not.
     Returns False where it does not apply (not glibc).
     """

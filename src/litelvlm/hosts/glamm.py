@@ -58,9 +58,8 @@ class GlammConfig:
     out_dim: int = 256
     select_layer: int = -2
     vision_tower: str = "openai/clip-vit-large-patch14-336"
-    sam: dict | None = (
-        None  # build_grounding_sam options: encoder sizes (read from the checkpoint), vision_attention
-    )
+    # build_grounding_sam options: the encoder's sizes (read from the checkpoint's shapes), vision_attention
+    sam: dict | None = None
 
     @classmethod
     def from_dict(cls, config: Mapping, where: str = "config.json") -> GlammConfig:

@@ -8,7 +8,7 @@ still built so that every checkpoint tensor has a home (strict loading catches m
 
 Numerics (spec §10): the module runs in its own dtype (bf16 for parity), including the dense positional
 encoding, without autocast; only `postprocess_masks` works in fp32. The image encoder runs through
-`sam_encoder.encode_image` (same weights and mathematics as transformers' forward, ~1.4x faster on a CPU; softmax
+`sam_encoder.encode_image` (same weights and mathematics as transformers' forward, 1.8x faster on a 2-core CPU; softmax
 in the module dtype, as Meta's bf16 SAM) unless `fused_encoder=False`; the mask decoder's attention is eager
 (explicit softmax, as in Meta's code).
 """
@@ -46,8 +46,8 @@ _VISION_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_attention_heads", 
 def sam_vit_h_config(vision_attention: str = "sdpa", **overrides) -> SamConfig:
     """The `SamConfig` of SAM ViT-H as used by GLaMM (Meta's `build_sam_vit_h`).
 
-    vision_attention: the attention of transformers' image-encoder layers, used when `GroundingSam` runs them
-    itself (`fused_encoder=False`): "sdpa" (default: the relative-position bias goes in as SDPA's mask) or
+    vision_attention: the attention of transformers' image-encoder layers, used when `GroundingSam` runs
+    transformers' forward (`fused_encoder=False`): "sdpa" (default: the relative-position bias goes in as SDPA's mask) or
     "eager" (Meta's explicit matmul-softmax). Supported overrides, for tiny test models with the same key names:
     `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `mlp_dim` (default 4 * hidden_size),
     `window_size`, `global_attn_indexes` (image encoder) and `decoder_mlp_dim` (mask-decoder MLP, default 2048).
