@@ -128,3 +128,23 @@ def test_grounding_sam_switches_encoder_forward():
     assert not eager.fused_encoder and eager.config.vision_config._attn_implementation == "eager"
     with pytest.raises(ValueError, match="'flash'"):
         build_grounding_sam("flash")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mlp_with_gelu_fused_into_lin1_matches_the_module(dtype, monkeypatch):
+    from litelvlm.hosts import sam_encoder
+
+    if not sam_encoder._onednn_supports(dtype):
+        pytest.skip("no oneDNN kernel for this dtype here")
+    layer = SamVisionLayer(_vision_config(), window_size=0).eval()
+    _randomise(layer, seed=10)
+    layer.to(dtype)
+    hidden = torch.randn(2, 8, 8, 32, generator=torch.Generator().manual_seed(11)).to(dtype)
+    with torch.no_grad():
+        expected = layer.mlp(hidden)
+        fused = sam_encoder.mlp_forward(layer.mlp, hidden)
+        monkeypatch.setattr(sam_encoder, "_fused_linear_gelu_supported", lambda _: False)
+        plain = sam_encoder.mlp_forward(layer.mlp, hidden)
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(fused, expected, rtol=tolerance, atol=tolerance)
+    assert torch.equal(plain, expected)

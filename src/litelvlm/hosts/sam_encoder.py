@@ -103,10 +103,21 @@ def _fused_linear_gelu_supported(hidden: Tensor) -> bool:
 
 @functools.cache
 def _onednn_supports(dtype: torch.dtype) -> bool:
-    """oneDNN is built in and (for bf16) has native bf16 kernels on this CPU, and the private op exists."""
+    """oneDNN is built in, has native kernels for `dtype` on this CPU, and its private fused op (the one
+    PyTorch's compiler uses) still exists with this signature and meaning: probed once on a tiny input."""
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         return False
-    return dtype == torch.float32 or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = (
+        torch.randn(shape, generator=generator, dtype=dtype) for shape in ((3, 8), (4, 8), (4,))
+    )
+    try:
+        fused = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+    except (RuntimeError, TypeError):
+        return False
+    return torch.allclose(fused.float(), F.gelu(F.linear(x, weight, bias)).float(), rtol=0.02, atol=0.02)
 
 
 def _pad_to_windows(qkv: Tensor, window: int, bias: Tensor | None) -> Tensor:
