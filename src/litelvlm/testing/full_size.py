@@ -65,9 +65,10 @@ def random_clip(dtype: torch.dtype = torch.bfloat16, device="cpu", seed: int = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPModel(full_size_clip_config()).to(device=device, dtype=dtype).eval()
-    directory = Path(tempfile.mkdtemp(prefix="litelvlm-clip-tokenizer-"))
-    write_clip_tokenizer(directory)
-    return ClipScorer(model, AutoTokenizer.from_pretrained(str(directory)), ClipPreprocess())
+    with tempfile.TemporaryDirectory(prefix="litelvlm-clip-tokenizer-") as directory:  # read into memory
+        write_clip_tokenizer(Path(directory))
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    return ClipScorer(model, tokenizer, ClipPreprocess())
 
 
 def random_glamm_predictor(
@@ -84,6 +85,7 @@ def random_glamm_predictor(
     model = random_glamm(
         full_size_glamm_config(llm_layers, sam_layers, sam_attention), dtype=dtype, device=device, seed=seed
     )
-    directory = Path(tempfile.mkdtemp(prefix="litelvlm-llama-tokenizer-"))
-    write_tiny_llama_tokenizer(directory, vocab_size=1100)
-    return GlammPredictor(model, GlammTokenizer.from_pretrained(directory), random_clip(dtype, device, seed))
+    with tempfile.TemporaryDirectory(prefix="litelvlm-llama-tokenizer-") as directory:  # read into memory
+        write_tiny_llama_tokenizer(Path(directory), vocab_size=1100)
+        tokenizer = GlammTokenizer.from_pretrained(directory)
+    return GlammPredictor(model, tokenizer, random_clip(dtype, device, seed))
