@@ -120,6 +120,7 @@ class ModuleMemoryProbe:
         self.module, self.device = module, device
         self.activation_bytes = 0
         self._window = None
+        self._usage = None
         self._hooks = []
 
     def __enter__(self) -> ModuleMemoryProbe:

@@ -243,9 +243,8 @@ class GlammPredictor:
             if budget < num_patches:
                 plan = entry.fn(budget, self.model.llm.config.num_hidden_layers, num_patches, **options)
             return keep_all(len(conversations), num_patches, features.hidden.device), plan
-        if (
-            budget >= num_patches and options.get("full_budget", "identity") == "identity"
-        ):  # no pruning, no scores
+        full_identity = budget >= num_patches and options.get("full_budget", "identity") == "identity"
+        if full_identity:  # no pruning, no scores
             return keep_all(len(conversations), num_patches, features.hidden.device), None
         texts = [c.clip_texts for c in conversations] if "similarity" in entry.needs else ()
         if texts:
