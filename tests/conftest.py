@@ -24,9 +24,9 @@ def tiny_glamm_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def predictor(tiny_glamm_dir):
     """The tiny GLaMM in float32, shared by the host tests (each test sets its own image)."""
-    from litelvlm.hosts.glamm_predictor import GlammPredictor
+    from litelvlm.hosts import GroundingPredictor
 
-    return GlammPredictor.from_pretrained(tiny_glamm_dir, dtype=torch.float32, device="cpu")
+    return GroundingPredictor.from_pretrained(tiny_glamm_dir, dtype=torch.float32, device="cpu")
 
 
 @pytest.fixture(scope="session")

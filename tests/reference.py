@@ -116,7 +116,7 @@ def glamm_reference_logits(predictor, image, expressions, question_templates, an
     CLIP hidden_states[-2] patches -> projector -> splice all 576 -> LlamaModel -> the constant-offset
     [SEG] mask of GLaMM ([575 x False] + (ids[1:] == SEG) + [False]) -> text_hidden_fcs -> SAM.
     Returns mask logits [n, H, W]."""
-    from litelvlm.hosts.glamm_text import build_turns, render_conversation
+    from litelvlm.hosts.conversation import build_turns, render_conversation
     from litelvlm.hosts.sam import postprocess_masks, sam_preprocess
 
     model, tokenizer, clip = predictor.model, predictor.tokenizer, predictor.scorer.model
@@ -125,7 +125,7 @@ def glamm_reference_logits(predictor, image, expressions, question_templates, an
         hidden = clip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
         visual = model.projector(hidden[0, 1:].to(model.dtype))
         turns = build_turns(expressions, question_templates, answer_templates)
-        ids = tokenizer.encode_with_image(render_conversation(turns))
+        ids = tokenizer.encode_with_image(render_conversation(turns, predictor.host.image_prefix))
         at = ids.index(-200)
         embed = model.llm.model.embed_tokens
         embeds = torch.cat([embed(torch.tensor(ids[:at])), visual, embed(torch.tensor(ids[at + 1 :]))])

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from litelvlm.cli import main
-from litelvlm.flops import GlammDims, clip_vision, glamm_stages, llm_prefill, sam_encoder, transformer_layer
+from litelvlm.flops import (
+    PipelineDims,
+    clip_vision,
+    llm_prefill,
+    pipeline_stages,
+    sam_encoder,
+    transformer_layer,
+)
 from litelvlm.memory import measure_memory
 
 
@@ -36,7 +43,7 @@ def test_bench_writes_report_table_and_plot(tiny_glamm_dir, tmp_path, capsys):
 
 
 def test_flop_counts_match_the_parameter_counts():
-    d = GlammDims()
+    d = PipelineDims()
     # one token: every linear weight is used once per token (2 FLOPs per weight), plus a 1x1 attention
     per_layer = 4 * 4096 * 4096 + 3 * 4096 * 11008
     assert llm_prefill(d, 1, [0] * 32) == pytest.approx(32 * 2 * per_layer, rel=1e-3)
@@ -45,8 +52,12 @@ def test_flop_counts_match_the_parameter_counts():
     assert clip_vision(d) / 1e12 == pytest.approx(0.37, abs=0.02)
     assert sam_encoder(d) / 1e12 == pytest.approx(5.65, abs=0.1)
     assert llm_prefill(d, 130, [576] * 32) / 1e12 == pytest.approx(9.6, abs=0.5)
-    full = glamm_stages(d, texts=1, text_tokens=70, clip_text_tokens=16, visual_per_layer=[576] * 32, segs=1)
-    pruned = glamm_stages(d, texts=1, text_tokens=70, clip_text_tokens=16, visual_per_layer=[64] * 32, segs=1)
+    full = pipeline_stages(
+        d, texts=1, text_tokens=70, clip_text_tokens=16, visual_per_layer=[576] * 32, segs=1
+    )
+    pruned = pipeline_stages(
+        d, texts=1, text_tokens=70, clip_text_tokens=16, visual_per_layer=[64] * 32, segs=1
+    )
     assert 1.7 < sum(full.values()) / sum(pruned.values()) < 2.0
 
 
@@ -60,32 +71,33 @@ def test_measure_memory_sees_a_large_allocation():
 
 @pytest.mark.parametrize("attention", ["fused", "sdpa", "eager"])
 def test_random_model_gets_the_requested_sam_encoder(attention, monkeypatch):
-    """--sam-attention reaches the random full-size model (it once stopped at random_glamm_predictor)."""
-    from litelvlm.testing import full_size
+    """--sam-attention reaches the random full-size model (it once stopped at the predictor builder)."""
+    from litelvlm.hosts import get_host
+    from litelvlm.synthetic import models
 
     class Built(Exception):
         pass
 
-    def capture(config, **_):
+    def capture(host, config, **_):
         raise Built(config.sam)
 
-    monkeypatch.setattr(full_size, "random_glamm", capture)
+    monkeypatch.setattr(models, "random_grounding_model", capture)
     with pytest.raises(Built) as built:
-        full_size.random_glamm_predictor(llm_layers=1, sam_layers=2, sam_attention=attention)
+        models.random_predictor(get_host("glamm"), llm_layers=1, sam_layers=2, sam_attention=attention)
     assert built.value.args[0]["vision_attention"] == attention
 
 
 def test_bench_with_a_checkpoint_switches_the_sam_encoder(tiny_glamm_dir, tmp_path, capsys, monkeypatch):
-    from litelvlm.hosts import glamm_predictor
+    from litelvlm.hosts import predictor
 
     seen = []
-    original = glamm_predictor.GlammPredictor.set_image
+    original = predictor.GroundingPredictor.set_image
 
     def spy(self, *args, **kwargs):
         seen.append(self.model.sam.fused_encoder)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(glamm_predictor.GlammPredictor, "set_image", spy)
+    monkeypatch.setattr(predictor.GroundingPredictor, "set_image", spy)
     common = ["bench", "--model", str(tiny_glamm_dir), "--budgets", "576", "--runs", "1", "--warmup", "0",
               "--dtype", "float32", "--no-progress"]  # fmt: skip
     assert main([*common, "--sam-attention", "sdpa"]) == 0

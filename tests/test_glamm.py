@@ -9,11 +9,12 @@ import torch
 
 from conftest import capture_seg_states, matching_rows, random_image
 from litelvlm.errors import LiteLVLMError
-from litelvlm.hosts.glamm import load_glamm, our_keys
-from litelvlm.hosts.glamm_predictor import GlammPredictor
-from litelvlm.hosts.glamm_text import build_turns, render_conversation
+from litelvlm.hosts import GroundingPredictor, get_host
+from litelvlm.hosts.conversation import build_turns, render_conversation
+from litelvlm.hosts.model import checkpoint_key_targets, load_grounding_model
 from reference import glamm_reference_logits
 
+GLAMM = get_host("glamm")
 EXPRESSIONS = ["the man in red", "white car on the left", "a small dog"]
 
 
@@ -32,7 +33,7 @@ def test_every_checkpoint_tensor_lands_in_the_model(tiny_glamm_dir, predictor):
     ours = predictor.model.state_dict()
     for shard in sorted(tiny_glamm_dir.glob("pytorch_model-*.bin")):
         for key, value in torch.load(shard, weights_only=True).items():
-            targets = our_keys(key)
+            targets = checkpoint_key_targets(GLAMM, key)
             if targets is None:
                 assert key.startswith("model.region_encoder.")
                 continue
@@ -65,7 +66,7 @@ def test_seg_state_comes_from_the_token_before_seg_in_the_spliced_sequence(predi
     predictor.set_image(picture)
     _, seg_rows, hidden = capture_seg_states(predictor, EXPRESSIONS[:2], budget=64, answer_templates=[2, 4])
     ids = predictor.tokenizer.encode_with_image(
-        render_conversation(build_turns(EXPRESSIONS[:2], [1, 1], [2, 4]))
+        render_conversation(build_turns(EXPRESSIONS[:2], [1, 1], [2, 4]), GLAMM.image_prefix)
     )
     seg_original = [i for i, token in enumerate(ids) if token == predictor.tokenizer.seg_id]
     expected = [
@@ -80,7 +81,7 @@ def test_batch_of_three_images_equals_three_runs(predictor):
     pictures = [random_image(seed, 200 + 40 * seed, 180) for seed in (1, 2, 3)]
     texts = [["the man in red"], ["white car", "a dog", "the sky"], ["a tree", "the left bike"]]
     predictor.set_image(pictures)
-    batched = predictor.predict(texts, budget=64)
+    batched = predictor.predict_batch(texts, budget=64)
     for picture, group, result in zip(pictures, texts, batched):
         predictor.set_image(picture)
         alone = predictor.predict(group, budget=64)
@@ -91,8 +92,12 @@ def test_batch_of_three_images_equals_three_runs(predictor):
 
 def test_generation_agrees_with_teacher_forcing_on_the_same_answer(predictor, picture):
     tokenizer = predictor.tokenizer
-    prompt_tf = tokenizer.encode_with_image(render_conversation(build_turns(["a dog"], [1], [0])))
-    prompt_gen = tokenizer.encode_with_image(render_conversation(build_turns(["a dog"], [1], None)))
+    prompt_tf = tokenizer.encode_with_image(
+        render_conversation(build_turns(["a dog"], [1], [0]), GLAMM.image_prefix)
+    )
+    prompt_gen = tokenizer.encode_with_image(
+        render_conversation(build_turns(["a dog"], [1], None), GLAMM.image_prefix)
+    )
     assert prompt_tf[: len(prompt_gen)] == prompt_gen
     answer = prompt_tf[len(prompt_gen) :]
     assert answer[-1] == tokenizer.eos_id and tokenizer.seg_id in answer
@@ -134,7 +139,7 @@ def test_every_method_segments(predictor, picture, method):
 
 
 def test_bf16_default_runs(tiny_glamm_dir, picture):
-    bf16 = GlammPredictor.from_pretrained(tiny_glamm_dir, device="cpu")
+    bf16 = GroundingPredictor.from_pretrained(tiny_glamm_dir, device="cpu")
     assert bf16.model.dtype == torch.bfloat16 and bf16.model.sam.dtype == torch.bfloat16
     bf16.set_image(picture)
     assert bf16.predict(["a dog"], budget=64).masks.shape == (1, 220, 300)
@@ -191,7 +196,7 @@ def test_loading_errors_are_clear(tiny_glamm_dir, tmp_path, case):
     edit, message = LOADING_CASES[case]
     broken = broken_copy(tiny_glamm_dir, tmp_path, edit)
     with pytest.raises(LiteLVLMError, match=message):
-        GlammPredictor.from_pretrained(broken, clip=tiny_glamm_dir / "clip", device="cpu")
+        GroundingPredictor.from_pretrained(broken, clip=tiny_glamm_dir / "clip", device="cpu")
 
 
 def test_safetensors_checkpoint_loads_the_same(tiny_glamm_dir, tmp_path, predictor):
@@ -204,13 +209,14 @@ def test_safetensors_checkpoint_loads_the_same(tiny_glamm_dir, tmp_path, predict
         shard.unlink()
     (converted / "pytorch_model.bin.index.json").unlink()
     save_file({k: v.contiguous() for k, v in state.items()}, converted / "model.safetensors")
-    model = load_glamm(converted, dtype=torch.float32)
+    config = json.loads((converted / "config.json").read_text())
+    model = load_grounding_model(converted, GLAMM, config, dtype=torch.float32)
     for key, value in predictor.model.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value)
 
 
 def test_missing_model_dir_and_offline_clip(tmp_path, tiny_glamm_dir):
     with pytest.raises(LiteLVLMError, match="does not exist"):
-        GlammPredictor.from_pretrained(tmp_path / "nope")
+        GroundingPredictor.from_pretrained(tmp_path / "nope")
     with pytest.raises(LiteLVLMError, match="pass its local directory"):
-        GlammPredictor.from_pretrained(tiny_glamm_dir, clip="nobody-here/clip-offline-xyz", device="cpu")
+        GroundingPredictor.from_pretrained(tiny_glamm_dir, clip="nobody-here/clip-offline-xyz", device="cpu")

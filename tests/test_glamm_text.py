@@ -5,15 +5,12 @@ import json
 import pytest
 
 from litelvlm.errors import LiteLVLMError
-from litelvlm.hosts.glamm_text import (
-    IMAGE_TOKEN_INDEX,
-    GlammTokenizer,
-    Turn,
-    build_turns,
-    render_conversation,
-)
+from litelvlm.hosts.conversation import Turn, build_turns, render_conversation
+from litelvlm.hosts.glamm import GlammHost
+from litelvlm.hosts.llm import IMAGE_TOKEN_INDEX
+from litelvlm.hosts.tokenizer import LegacyLlamaTokenizer
 from litelvlm.prompts import ANSWER_LIST
-from litelvlm.testing.llama_tokenizer import write_tiny_llama_tokenizer
+from litelvlm.synthetic.llama_tokenizer import write_tiny_llama_tokenizer
 
 FILES = ("tokenizer.model", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -25,6 +22,12 @@ SPEC_EXAMPLE = (
     "USER: Please segment white car in this image. ASSISTANT: It is [SEG].</s>"
 )
 SYSTEM_TEXT = SPEC_EXAMPLE.split(" USER: ")[0]
+
+
+def glamm_tokenizer(directory, **options):
+    return LegacyLlamaTokenizer.from_pretrained(
+        directory, required_tokens=GlammHost.added_tokens, host_name="GLaMM", **options
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok(tiny_dir):
-    return GlammTokenizer.from_pretrained(tiny_dir)
+    return glamm_tokenizer(tiny_dir)
 
 
 def test_spec_example_renders_verbatim():
@@ -54,20 +57,18 @@ def test_spec_example_renders_verbatim():
         Turn("Can you segment the man on left in this image?", "Sure, [SEG]."),
         Turn("Please segment white car in this image.", "It is [SEG]."),
     ]
-    assert render_conversation(turns) == SPEC_EXAMPLE
+    assert render_conversation(turns, GlammHost.image_prefix) == SPEC_EXAMPLE
 
 
 def test_render_without_image_and_generation_prompt():
     turns = build_turns(["dog"], [1], None)
     assert turns == [Turn("Please segment dog in this image.", None)]
-    assert render_conversation(turns, image=False) == (
-        SYSTEM_TEXT + " USER: Please segment dog in this image. ASSISTANT:"
-    )
+    assert render_conversation(turns) == (SYSTEM_TEXT + " USER: Please segment dog in this image. ASSISTANT:")
     two = [
         Turn("Please segment cat in this image.", "[SEG]."),
         Turn("Please segment dog in this image.", None),
     ]
-    prompt = render_conversation(two)
+    prompt = render_conversation(two, GlammHost.image_prefix)
     assert prompt.endswith("ASSISTANT: [SEG].</s>USER: Please segment dog in this image. ASSISTANT:")
     assert prompt.count("<im_start><image><im_end>") == 1
 
@@ -131,7 +132,7 @@ def test_plain_encode_and_stripping(tok):
 
 
 def test_generation_prompt_ids(tok):
-    prompt = render_conversation(build_turns(["white car"], [1], None))
+    prompt = render_conversation(build_turns(["white car"], [1], None), GlammHost.image_prefix)
     assert prompt.endswith(" ASSISTANT:")
     ids = tok.encode_with_image(prompt)
     tail = tok.sp.encode("ASSISTANT:")
@@ -151,7 +152,7 @@ def test_decode_round_trip(tok):
 
 def test_modern_mode_differs_as_the_spec_predicts(tiny_dir, tok):
     try:
-        modern = GlammTokenizer.from_pretrained(tiny_dir, mode="modern")
+        modern = glamm_tokenizer(tiny_dir, mode="modern")
     except LiteLVLMError as error:  # e.g. protobuf missing for the SentencePiece conversion
         pytest.skip(str(error))
     text = "ASSISTANT: It is [SEG].</s>USER: Hi"
@@ -184,12 +185,12 @@ def _copy(src, dst, skip=()):
 
 def test_errors_missing_files(tmp_path, tiny_dir):
     with pytest.raises(LiteLVLMError, match="tokenizer.model is missing"):
-        GlammTokenizer.from_pretrained(_copy(tiny_dir, tmp_path / "a", skip=("tokenizer.model",)))
+        glamm_tokenizer(_copy(tiny_dir, tmp_path / "a", skip=("tokenizer.model",)))
     with pytest.raises(LiteLVLMError, match="added_tokens.json is missing"):
-        GlammTokenizer.from_pretrained(_copy(tiny_dir, tmp_path / "b", skip=("added_tokens.json",)))
+        glamm_tokenizer(_copy(tiny_dir, tmp_path / "b", skip=("added_tokens.json",)))
     # The optional json files may be absent.
     bare = _copy(tiny_dir, tmp_path / "c", skip=("tokenizer_config.json", "special_tokens_map.json"))
-    assert GlammTokenizer.from_pretrained(bare).encode("x [SEG]")[-1] == 404
+    assert glamm_tokenizer(bare).encode("x [SEG]")[-1] == 404
 
 
 def test_errors_bad_added_tokens(tmp_path, tiny_dir):
@@ -198,15 +199,15 @@ def test_errors_bad_added_tokens(tmp_path, tiny_dir):
     del added["[SEG]"]
     (directory / "added_tokens.json").write_text(json.dumps(added))
     with pytest.raises(LiteLVLMError, match=r"lacks \[SEG\]"):
-        GlammTokenizer.from_pretrained(directory)
+        glamm_tokenizer(directory)
     added = {
         token: index + 1 for token, index in json.loads((tiny_dir / "added_tokens.json").read_text()).items()
     }
     (directory / "added_tokens.json").write_text(json.dumps(added))
     with pytest.raises(LiteLVLMError, match="not consecutive from the SentencePiece vocab size 400"):
-        GlammTokenizer.from_pretrained(directory)
+        glamm_tokenizer(directory)
     with pytest.raises(LiteLVLMError, match="mode"):
-        GlammTokenizer.from_pretrained(tiny_dir, mode="fast")
+        glamm_tokenizer(tiny_dir, mode="fast")
 
 
 def test_errors_turns():

@@ -6,7 +6,8 @@ import torch
 
 from conftest import capture_seg_states, matching_rows, random_image
 from litelvlm.errors import LiteLVLMError
-from litelvlm.hosts.glamm_text import build_turns, render_conversation
+from litelvlm.hosts.conversation import build_turns, render_conversation
+from litelvlm.hosts.glamm import GlammHost
 from litelvlm.hosts.llm import final_hidden_states, splice_visual_tokens
 from litelvlm.hosts.llm_pruning import apply_pruning, pruning, remove_pruning
 from litelvlm.selection import PruneStep, PruningPlan, get_method, select_tokens
@@ -30,9 +31,11 @@ def full(predictor, picture):
 @torch.inference_mode()
 def spliced(predictor, picture, expressions=EXPRESSIONS):
     predictor.set_image(picture)
-    features = predictor._images[0].features.patch_features
+    features = predictor._images.features.patch_features
     ids = predictor.tokenizer.encode_with_image(
-        render_conversation(build_turns(expressions, [1] * len(expressions), [0] * len(expressions)))
+        render_conversation(
+            build_turns(expressions, [1] * len(expressions), [0] * len(expressions)), GlammHost.image_prefix
+        )
     )
     visual = predictor.model.projector(features)
     return splice_visual_tokens(predictor.model.llm.model.embed_tokens, [ids], visual), ids
@@ -127,7 +130,9 @@ def test_seg_rows_are_exact_after_dropping(predictor, picture, method):
     result, seg_rows, hidden = capture_seg_states(
         predictor, EXPRESSIONS, budget=64, method=method, budget_mode="final"
     )
-    ids = predictor.tokenizer.encode_with_image(render_conversation(build_turns(EXPRESSIONS, [1, 1], [0, 0])))
+    ids = predictor.tokenizer.encode_with_image(
+        render_conversation(build_turns(EXPRESSIONS, [1, 1], [0, 0]), GlammHost.image_prefix)
+    )
     seg = [i for i, token in enumerate(ids) if token == predictor.tokenizer.seg_id]
     dropped = N - result.tokens_per_layer[-1]
     expected = [s + N - 2 - dropped for s in seg]
@@ -140,7 +145,7 @@ def test_batch_of_three_equals_three_runs(predictor, method):
     pictures = [random_image(seed, 180 + 30 * seed, 160) for seed in (4, 5, 6)]
     texts = [["a dog"], ["white car", "the sky"], ["left bike"]]
     predictor.set_image(pictures)
-    batched = predictor.predict(texts, budget=64, method=method, budget_mode="final")
+    batched = predictor.predict_batch(texts, budget=64, method=method, budget_mode="final")
     for picture, group, result in zip(pictures, texts, batched):
         predictor.set_image(picture)
         alone = predictor.predict(group, budget=64, method=method, budget_mode="final")
@@ -151,8 +156,12 @@ def test_batch_of_three_equals_three_runs(predictor, method):
 @pytest.mark.parametrize("method", ["fastv", "pdrop", "sparsevlm"])
 def test_generation_uses_the_pruned_cache_and_agrees_with_teacher_forcing(predictor, picture, method):
     tokenizer = predictor.tokenizer
-    prompt_tf = tokenizer.encode_with_image(render_conversation(build_turns(["a dog"], [1], [0])))
-    prompt_gen = tokenizer.encode_with_image(render_conversation(build_turns(["a dog"], [1], None)))
+    prompt_tf = tokenizer.encode_with_image(
+        render_conversation(build_turns(["a dog"], [1], [0]), GlammHost.image_prefix)
+    )
+    prompt_gen = tokenizer.encode_with_image(
+        render_conversation(build_turns(["a dog"], [1], None), GlammHost.image_prefix)
+    )
     answer = prompt_tf[len(prompt_gen) :]
     force = lambda logits, step: torch.full((logits.shape[0],), answer[step])  # noqa: E731
     predictor.set_image(picture)

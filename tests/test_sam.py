@@ -14,8 +14,8 @@ from litelvlm.hosts.sam import (
     SAM_PIXEL_MEAN,
     SAM_PIXEL_STD,
     GroundingSam,
-    glamm_to_hf_sam_key,
     meta_sam_state_dict_keys,
+    meta_to_hf_sam_key,
     postprocess_masks,
     sam_preprocess,
     sam_vit_h_config,
@@ -133,7 +133,7 @@ def test_key_mapping_covers_both_sides(meta_sam, ours):
     own = ours.state_dict()
     covered = set()
     for key in meta_state:
-        targets = glamm_to_hf_sam_key(key)
+        targets = meta_to_hf_sam_key(key)
         for target in [targets] if isinstance(targets, str) else targets:
             assert target in own, f"{key} -> {target} is not a key of GroundingSam"
             assert own[target].shape == meta_state[key].shape, key
@@ -145,20 +145,20 @@ def test_key_mapping_covers_both_sides(meta_sam, ours):
 
 def test_key_mapping_examples():
     assert (
-        glamm_to_hf_sam_key("image_encoder.blocks.31.norm2.bias")
+        meta_to_hf_sam_key("image_encoder.blocks.31.norm2.bias")
         == "vision_encoder.layers.31.layer_norm2.bias"
     )
-    assert glamm_to_hf_sam_key("image_encoder.neck.3.weight") == "vision_encoder.neck.layer_norm2.weight"
-    assert glamm_to_hf_sam_key("prompt_encoder.pe_layer.positional_encoding_gaussian_matrix") == [
+    assert meta_to_hf_sam_key("image_encoder.neck.3.weight") == "vision_encoder.neck.layer_norm2.weight"
+    assert meta_to_hf_sam_key("prompt_encoder.pe_layer.positional_encoding_gaussian_matrix") == [
         "prompt_encoder.shared_embedding.positional_embedding",
         "shared_image_embedding.positional_embedding",
     ]
     assert (
-        glamm_to_hf_sam_key("mask_decoder.output_hypernetworks_mlps.3.layers.1.weight")
+        meta_to_hf_sam_key("mask_decoder.output_hypernetworks_mlps.3.layers.1.weight")
         == "mask_decoder.output_hypernetworks_mlps.3.layers.0.weight"
     )
     assert (
-        glamm_to_hf_sam_key("mask_decoder.transformer.layers.1.mlp.lin2.bias")
+        meta_to_hf_sam_key("mask_decoder.transformer.layers.1.mlp.lin2.bias")
         == "mask_decoder.transformer.layers.1.mlp.lin2.bias"
     )
 

@@ -1,4 +1,5 @@
-"""Stage-wise latency, memory and FLOPs of GLaMM with token pruning, across methods and budgets.
+"""Stage-wise latency, memory and FLOPs of a grounding host (GLaMM, LISA) with token pruning, across methods and
+budgets.
 
 Timings: median of `runs` after `warmup` runs, configurations interleaved round robin; each run is one image
 (texts not cached) through the whole pipeline (CLIP vision
@@ -19,29 +20,30 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .flops import GlammDims, glamm_stages
-from .hosts.glamm_text import build_turns, render_conversation
+from .flops import PipelineDims, pipeline_stages
+from .hosts.sam import SAM_VIT_H
 from .memory import ModuleMemoryProbe, measure_memory
-from .prompts import DEFAULT_QUESTION
+from .prompts import clip_texts
 from .selection import get_method
 
 STAGES = ("clip_vision", "sam_encoder", "clip_text", "selection", "projector", "llm", "seg_projection",
           "sam_decoder", "postprocess")  # fmt: skip
-FULL_DEPTH = GlammDims()
 
 
-def predictor_dims(predictor) -> GlammDims:
-    """The dimensions of the predictor's actual model (full-size GLaMM, or scaled / tiny)."""
+def predictor_dims(predictor) -> PipelineDims:
+    """The dimensions of the predictor's actual model (full size, or scaled / tiny)."""
     llm = predictor.model.llm.config
     sam = predictor.model.sam.config.vision_config
     clip = predictor.scorer.vision.config
     text = predictor.scorer.model.config.text_config
-    return GlammDims(
+    linears = [m for m in predictor.model.projector.modules() if isinstance(m, torch.nn.Linear)]
+    return PipelineDims(
         clip_width=clip.hidden_size, clip_mlp=clip.intermediate_size, clip_layers=clip.num_hidden_layers,
         clip_patches=predictor.scorer.num_patches, clip_patch_size=clip.patch_size,
         text_width=text.hidden_size, text_mlp=text.intermediate_size, text_layers=text.num_hidden_layers,
         projection=predictor.scorer.model.config.projection_dim,
         llm_width=llm.hidden_size, llm_mlp=llm.intermediate_size, llm_layers=llm.num_hidden_layers,
+        projector_macs=sum(m.in_features * m.out_features for m in linears),
         sam_width=sam.hidden_size, sam_mlp=sam.mlp_dim, sam_layers=sam.num_hidden_layers,
         sam_global_layers=len(sam.global_attn_indexes), sam_window=sam.window_size,
         decoder_mlp=predictor.model.sam.config.mask_decoder_config.mlp_dim,
@@ -61,15 +63,14 @@ def run_once(predictor, image, expressions, method, budget, options) -> tuple[di
     return stages, wall, prediction
 
 
-def flops_of(predictor, dims: GlammDims, method: str, expressions: list[str], prediction) -> dict[str, float]:
-    tokenizer = predictor.tokenizer
-    turns = build_turns(expressions, [DEFAULT_QUESTION] * len(expressions), [0] * len(expressions))
-    text_tokens = len(tokenizer.encode_with_image(render_conversation(turns))) - 1
+def flops_of(
+    predictor, dims: PipelineDims, method: str, expressions: list[str], prediction
+) -> dict[str, float]:
+    text_tokens = len(predictor.conversation_ids(expressions)) - 1
     uses_text = "similarity" in get_method(method).needs
-    clip_tokens = max(
-        len(ids) for ids in predictor.scorer.tokenizer([t.question for t in turns])["input_ids"]
-    )
-    return glamm_stages(
+    questions = clip_texts(expressions, templates=[predictor.host.default_question] * len(expressions))
+    clip_tokens = max(len(ids) for ids in predictor.scorer.tokenizer(questions)["input_ids"])
+    return pipeline_stages(
         dims,
         texts=len(expressions) if uses_text else 0,
         text_tokens=text_tokens,
@@ -93,9 +94,10 @@ def benchmark(
 ) -> list[dict]:
     """One row per (method, budget): median stage times, wall total, memory, FLOPs, speed-ups vs full."""
     dims = predictor_dims(predictor)
-    scaled = dims.llm_layers != FULL_DEPTH.llm_layers or dims.sam_layers != FULL_DEPTH.sam_layers
-    full_dims = replace(dims, llm_layers=FULL_DEPTH.llm_layers, sam_layers=FULL_DEPTH.sam_layers,
-                        sam_global_layers=FULL_DEPTH.sam_global_layers)  # fmt: skip
+    full_llm_layers = predictor.host.full_size_llama()["num_hidden_layers"]
+    scaled = dims.llm_layers != full_llm_layers or dims.sam_layers != SAM_VIT_H.num_hidden_layers
+    full_dims = replace(dims, llm_layers=full_llm_layers, sam_layers=SAM_VIT_H.num_hidden_layers,
+                        sam_global_layers=len(SAM_VIT_H.global_attn_indexes))  # fmt: skip
     rows = []
     combos = [(method, budget) for method in methods for budget in budgets]
     option_of = {method: (method_options or {}).get(method, {}) for method in methods}
@@ -142,7 +144,7 @@ def benchmark(
             row["llm_seconds_per_layer"] = stages["llm"] / dims.llm_layers
             row["sam_seconds_per_block"] = stages["sam_encoder"] / dims.sam_layers
             full_flops = flops_of(predictor, full_dims, method, expressions, prediction)
-            full_flops["llm"] = full_flops["llm"] * FULL_DEPTH.llm_layers / dims.llm_layers
+            full_flops["llm"] = full_flops["llm"] * full_llm_layers / dims.llm_layers
             row["extrapolated_stages"] = {
                 name: stages[name] * (full_flops.get(name, 0.0) / flops[name] if flops.get(name) else 1.0)
                 for name in STAGES
@@ -224,7 +226,7 @@ def machine() -> dict:
 def markdown(report: dict) -> str:
     config = report["config"]
     lines = [
-        f"# GLaMM benchmark ({'SCALED: ' + config['scale'] if config['scaled'] else 'full size'})",
+        f"# {config.get('host', 'GLaMM')} benchmark ({'SCALED: ' + config['scale'] if config['scaled'] else 'full size'})",
         "",
         f"{config['device']}, {config['dtype']}, {config['machine']['threads']} threads, torch "
         f"{config['machine']['torch']}, transformers {config['machine']['transformers']}; median of "
@@ -306,17 +308,13 @@ def plot(report: dict, path) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     config = report["config"]
-    figure.suptitle(f"GLaMM {'scaled (' + config['scale'] + ')' if config['scaled'] else 'full size'}, "
+    figure.suptitle(f"{config.get('host', 'GLaMM')} {'scaled (' + config['scale'] + ')' if config['scaled'] else 'full size'}, "
                     f"{config['device']}, {config['dtype']}")  # fmt: skip
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})
     plt.close(figure)
     save_png(path, Image.open(buffer).convert("RGB"))
-
-
-def _ratio(numerator: int, denominator: int) -> float | None:
-    return numerator / denominator if denominator else None
 
 
 def _x(value) -> str:

@@ -1,4 +1,4 @@
-"""Analytical FLOPs of each GLaMM stage (a multiply-add counts 2), for the FLOP-ideal speed-up.
+"""Analytical FLOPs of each stage of a grounding host (a multiply-add counts 2), for the FLOP-ideal speed-up.
 
 Counts what our implementation computes: matrix products of every linear layer, the attention score and
 weighted-sum products (the full L x L square, as SDPA's math path computes it; causal kernels skip about half),
@@ -8,6 +8,10 @@ convolutions. Element-wise work (norms, softmax, activations) is left out: it is
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .hosts.sam import SAM_IMAGE_SIZE, SAM_VIT_H
+
+SAM_PATCH = 16  # SAM's patch size: a 1024 px input gives a 64 x 64 embedding grid
 
 
 def transformer_layer(
@@ -22,7 +26,10 @@ def transformer_layer(
 
 
 @dataclass(frozen=True)
-class GlammDims:
+class PipelineDims:
+    """Every size the FLOP counts depend on; the defaults are GLaMM-7B (CLIP ViT-L/14-336, Vicuna-7B, an
+    MLP projector, SAM ViT-H). `projector_macs`: multiply-adds per visual token of the projector."""
+
     clip_width: int = 1024
     clip_mlp: int = 4096
     clip_layers: int = 24
@@ -36,18 +43,19 @@ class GlammDims:
     llm_width: int = 4096
     llm_mlp: int = 11008
     llm_layers: int = 32
-    sam_width: int = 1280
-    sam_mlp: int = 5120
-    sam_layers: int = 32
-    sam_global_layers: int = 4
-    sam_grid: int = 64
-    sam_window: int = 14
-    sam_patch: int = 16
+    projector_macs: int = 1024 * 4096 + 4096 * 4096
+    sam_width: int = SAM_VIT_H.hidden_size
+    sam_mlp: int = SAM_VIT_H.mlp_dim
+    sam_layers: int = SAM_VIT_H.num_hidden_layers
+    sam_global_layers: int = len(SAM_VIT_H.global_attn_indexes)
+    sam_grid: int = SAM_IMAGE_SIZE // SAM_PATCH
+    sam_window: int = SAM_VIT_H.window_size
+    sam_patch: int = SAM_PATCH
     decoder_width: int = 256
-    decoder_mlp: int = 2048
+    decoder_mlp: int = SAM_VIT_H.decoder_mlp_dim
 
 
-def clip_vision(d: GlammDims) -> float:
+def clip_vision(d: PipelineDims) -> float:
     """Patch embedding, the layers up to the select layer, and the last layer's q/k/v (context scores)."""
     tokens = d.clip_patches + 1
     patch_embed = 2.0 * d.clip_patches * 3 * d.clip_patch_size**2 * d.clip_width
@@ -56,7 +64,7 @@ def clip_vision(d: GlammDims) -> float:
     return patch_embed + layers * transformer_layer(tokens, d.clip_width, d.clip_mlp) + last_qkv
 
 
-def clip_text(d: GlammDims, texts: int, tokens: int) -> float:
+def clip_text(d: PipelineDims, texts: int, tokens: int) -> float:
     """T texts of `tokens` tokens (padded to the longest) through the text tower and its projection."""
     return texts * (
         d.text_layers * transformer_layer(tokens, d.text_width, d.text_mlp)
@@ -64,16 +72,16 @@ def clip_text(d: GlammDims, texts: int, tokens: int) -> float:
     )
 
 
-def scoring(d: GlammDims, texts: int) -> float:
+def scoring(d: PipelineDims, texts: int) -> float:
     """Patch projection into CLIP space and the text x patch similarities."""
     return 2.0 * d.clip_patches * d.clip_width * d.projection + 2.0 * texts * d.clip_patches * d.projection
 
 
-def projector(d: GlammDims, visual_tokens: int) -> float:
-    return 2.0 * visual_tokens * (d.clip_width * d.llm_width + d.llm_width * d.llm_width)
+def projector(d: PipelineDims, visual_tokens: int) -> float:
+    return 2.0 * visual_tokens * d.projector_macs
 
 
-def llm_prefill(d: GlammDims, text_tokens: int, visual_per_layer: list[int]) -> float:
+def llm_prefill(d: PipelineDims, text_tokens: int, visual_per_layer: list[int]) -> float:
     """Decoder layers with the given visual tokens per layer (+ text tokens everywhere); no LM head."""
     return sum(
         transformer_layer(text_tokens + visual, d.llm_width, d.llm_mlp, gated=True)
@@ -81,11 +89,11 @@ def llm_prefill(d: GlammDims, text_tokens: int, visual_per_layer: list[int]) -> 
     )
 
 
-def seg_projection(d: GlammDims, segs: int) -> float:
+def seg_projection(d: PipelineDims, segs: int) -> float:
     return 2.0 * segs * (d.llm_width * d.llm_width + d.llm_width * 256)
 
 
-def sam_encoder(d: GlammDims) -> float:
+def sam_encoder(d: PipelineDims) -> float:
     tokens = d.sam_grid * d.sam_grid
     patch_embed = 2.0 * tokens * 3 * d.sam_patch**2 * d.sam_width
     linear = 2.0 * tokens * (4 * d.sam_width**2 + 2 * d.sam_width * d.sam_mlp)
@@ -104,7 +112,7 @@ def sam_encoder(d: GlammDims) -> float:
     )
 
 
-def sam_decoder(d: GlammDims, prompts: int) -> float:
+def sam_decoder(d: PipelineDims, prompts: int) -> float:
     """Two-way transformer (2 layers + final attention) on 6 tokens x 4096 image tokens, upscaling, masks."""
     image = d.sam_grid * d.sam_grid
     width, half, tokens = d.decoder_width, d.decoder_width // 2, 6
@@ -116,8 +124,8 @@ def sam_decoder(d: GlammDims, prompts: int) -> float:
     return prompts * (2 * layer + final + upscale + masks)
 
 
-def glamm_stages(
-    d: GlammDims,
+def pipeline_stages(
+    d: PipelineDims,
     *,
     texts: int,
     text_tokens: int,

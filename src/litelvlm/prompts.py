@@ -32,8 +32,12 @@ ANSWER_LIST: tuple[str, ...] = (
     "Sure, the segmentation result is [SEG].",
     "[SEG].",
 )
-# "Please segment {class_name} in this image.": the fixed template of single-question use (and LISA's eval).
+# "Please segment {class_name} in this image.": the question CLIP scores by default (the authors' code).
 DEFAULT_QUESTION = 1
+# LISA's evaluation question and answer ("What is {class_name} in this image? Please output segmentation mask.",
+# "[SEG].").
+OUTPUT_MASK_QUESTION = 3
+BARE_ANSWER = 4
 TEXT_SOURCES = ("questions", "expressions")
 
 

@@ -13,20 +13,19 @@ last layer's attention and MLP, whose output nobody reads, are never run.
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoints import hub_error, looks_like_hub_id, read_config, resolve_checkpoint
 from .errors import LiteLVLMError
 from .images import ClipPreprocess, load_image
+from .patch_scores import cls_attention, context_contribution, text_patch_similarity
 from .selection import TokenScores, get_method
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"
@@ -41,13 +40,21 @@ class VisionFeatures:
     hidden:       [B, 1+N, D] select-layer hidden state (CLS first), the LLM's visual input
     last_input:   [B, 1+N, D] input of the last encoder layer (the same tensor as `hidden` for layer -2)
     select_input: [B, 1+N, D] input of the select layer, kept for the CLS-attention baselines
+    Derived per-image scores, filled on demand by `ClipScorer` (float32, None until computed):
+    context:       [B, N] LiteLVLM's context contribution (`patch_scores.context_contribution`)
+    cls_attention: [B, N] head-averaged CLS -> patch attention at the select layer
+    keys:          [B, N, D/heads] head-averaged select-layer patch keys
+    projected:     [B, N, P] patches in CLIP's joint space (for text similarity)
     """
 
     hidden: torch.Tensor
     last_input: torch.Tensor
     select_input: torch.Tensor | None
     grid: tuple[int, int]
-    _cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    context: torch.Tensor | None = None
+    cls_attention: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    projected: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -61,31 +68,6 @@ class VisionFeatures:
     def patch_features(self) -> torch.Tensor:
         """[B, N, D] select-layer patch states (CLS dropped)."""
         return self.hidden[:, 1:]
-
-    @staticmethod
-    def concat(parts: Sequence[VisionFeatures]) -> VisionFeatures:
-        """One batch from several (e.g. per-image features repeated per conversation); derived scores cached
-        in every part stay cached."""
-        cat = lambda name: torch.cat([getattr(part, name) for part in parts])  # noqa: E731
-        shared = set.intersection(*(set(part._cache) for part in parts))
-        return VisionFeatures(
-            cat("hidden"),
-            cat("last_input"),
-            None if any(part.select_input is None for part in parts) else cat("select_input"),
-            parts[0].grid,
-            {name: torch.cat([part._cache[name] for part in parts]) for name in shared},
-        )
-
-    def select(self, index: int | slice | torch.Tensor) -> VisionFeatures:
-        """The features of a subset of the batch (cached derived tensors included)."""
-        pick = (lambda t: t[index : index + 1]) if isinstance(index, int) else (lambda t: t[index])
-        return VisionFeatures(
-            pick(self.hidden),
-            pick(self.last_input),
-            None if self.select_input is None else pick(self.select_input),
-            self.grid,
-            {name: pick(value) for name, value in self._cache.items()},
-        )
 
 
 def _layer_call_style(layer: torch.nn.Module) -> bool:
@@ -211,10 +193,6 @@ class ClipScorer:
         self._features = self.encode_image(self.pixel_values(images))
         return self._features
 
-    def set_features(self, features: VisionFeatures) -> None:
-        """Cache features computed earlier (e.g. shared across methods by an evaluation loop)."""
-        self._features = features
-
     @property
     def features(self) -> VisionFeatures:
         if self._features is None:
@@ -224,51 +202,40 @@ class ClipScorer:
     # ------------------------------------------------------------------ derived image scores
     @torch.inference_mode()
     def context_scores(self, features: VisionFeatures) -> torch.Tensor:
-        """[B, N] float32: ||a_i v_i|| with a = softmax_i(cos(q_cls, k_i) / sqrt(D)) in the last layer."""
-        if "context" not in features._cache:
-            attention = self.vision.encoder.layers[self.num_layers - 1].self_attn
-            normed = self.vision.encoder.layers[self.num_layers - 1].layer_norm1(features.last_input)
-            query = attention.q_proj(normed[:, :1]).float()
-            keys = attention.k_proj(normed[:, 1:]).float()
-            values = attention.v_proj(normed[:, 1:]).float()
-            cosine = F.normalize(keys, dim=-1) @ F.normalize(query, dim=-1).transpose(1, 2)
-            weights = torch.softmax(cosine.squeeze(-1) / math.sqrt(keys.shape[-1]), dim=-1)
-            features._cache["context"] = weights * values.norm(dim=-1)
-        return features._cache["context"]
+        """[B, N] float32 context contribution of each patch to the CLS token in the last layer (cached)."""
+        if features.context is None:
+            last = self.vision.encoder.layers[self.num_layers - 1]
+            normed = last.layer_norm1(features.last_input)
+            features.context = context_contribution(
+                last.self_attn.q_proj(normed[:, :1]).float(),
+                last.self_attn.k_proj(normed[:, 1:]).float(),
+                last.self_attn.v_proj(normed[:, 1:]).float(),
+            )
+        return features.context
 
     @torch.inference_mode()
     def select_layer_attention(self, features: VisionFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """CLS -> patch attention [B, N] (head-averaged, softmax over CLS + patches) and head-averaged patch
-        keys [B, N, D/heads], both of the select layer, float32."""
-        if "cls_attention" not in features._cache:
+        keys [B, N, D/heads], both of the select layer, float32 (cached)."""
+        if features.cls_attention is None:
             layer = self.vision.encoder.layers[self.select_index - 1]
             normed = layer.layer_norm1(features.select_input)
             batch, tokens, width = normed.shape
             head_dim = width // self.num_heads
             query = layer.self_attn.q_proj(normed[:, :1]).float().view(batch, 1, self.num_heads, head_dim)
             keys = layer.self_attn.k_proj(normed).float().view(batch, tokens, self.num_heads, head_dim)
-            logits = torch.einsum("bqhd,bkhd->bhqk", query, keys) * head_dim**-0.5
-            attention = logits.softmax(dim=-1)[:, :, 0, 1:]
-            features._cache["cls_attention"] = attention.mean(dim=1)
-            features._cache["keys"] = keys[:, 1:].mean(dim=2)
-        return features._cache["cls_attention"], features._cache["keys"]
+            features.cls_attention = cls_attention(query, keys)
+            features.keys = keys[:, 1:].mean(dim=2)
+        return features.cls_attention, features.keys
 
     @torch.inference_mode()
     def projected_patches(self, features: VisionFeatures) -> torch.Tensor:
-        """[B, N, P] float32: patches through `post_layernorm` and `visual_projection`, like the pooled CLS."""
-        if "projected" not in features._cache:
+        """[B, N, P] float32: patches through `post_layernorm` and `visual_projection`, like the pooled CLS
+        (cached)."""
+        if features.projected is None:
             normed = self.vision.post_layernorm(features.patch_features)
-            features._cache["projected"] = self.model.visual_projection(normed).float()
-        return features._cache["projected"]
-
-    def precompute(self, features: VisionFeatures, needs: frozenset[str] | set[str]) -> None:
-        """Fill the per-image caches a method needs (so copies made with `VisionFeatures.concat` share them)."""
-        if "context" in needs:
-            self.context_scores(features)
-        if needs & {"cls_attention", "keys"}:
-            self.select_layer_attention(features)
-        if "similarity" in needs:
-            self.projected_patches(features)
+            features.projected = self.model.visual_projection(normed).float()
+        return features.projected
 
     # ------------------------------------------------------------------ text
     @property
@@ -319,44 +286,59 @@ class ClipScorer:
         texts: Sequence[str] | Sequence[Sequence[str]] = (),
         needs: frozenset[str] | set[str] | str = ALL_SCORES,
         features: VisionFeatures | None = None,
+        *,
+        rows: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
     ) -> TokenScores:
-        """Scores of the cached image(s) for the given texts.
+        """Scores of the cached image(s) for the given texts, one row per image (or per entry of `rows`).
 
-        texts: one list of T strings shared by every image, or one list per image (lengths may differ;
+        texts: one list of T strings shared by every row, or one list per row (lengths may differ;
             `text_mask` marks the real ones). Not needed when `needs` excludes "similarity".
         needs: the score fields to compute, or a method name whose needs to use.
+        features: the images' features (default: those of `set_image`).
+        rows: int64 [R], the image of each output row (e.g. several conversations about one image); the
+            per-image scores are computed once per image and cached on `features`, then gathered.
+        text_embeds: `encode_text` of the flattened texts, when the caller has it already.
         """
         features = features or self.features
         if isinstance(needs, str):
             needs = get_method(needs).needs
-        scores = TokenScores(features.batch_size, features.num_patches, features.grid)
+        pick = (lambda t: t) if rows is None else (lambda t: t[rows])  # noqa: E731
+        batch_size = features.batch_size if rows is None else len(rows)
+        scores = TokenScores(batch_size, features.num_patches, features.grid)
         if "similarity" in needs:
-            scores.similarity, scores.text_mask = self._similarity(features, texts)
+            per_row = texts_per_image(texts, batch_size)
+            if text_embeds is None:
+                text_embeds = self.encode_text([text for group in per_row for text in group])
+            scores.similarity, scores.text_mask = _similarity(
+                pick(self.projected_patches(features)), text_embeds, [len(group) for group in per_row]
+            )
         if "context" in needs:
-            scores.context = self.context_scores(features)
+            scores.context = pick(self.context_scores(features))
         if needs & {"cls_attention", "keys"}:
-            scores.cls_attention, scores.keys = self.select_layer_attention(features)
+            attention, keys = self.select_layer_attention(features)
+            scores.cls_attention, scores.keys = pick(attention), pick(keys)
         if "features" in needs:
-            scores.features = features.patch_features
+            scores.features = pick(features.patch_features)
         return scores
 
-    def _similarity(
-        self, features: VisionFeatures, texts: Sequence[str] | Sequence[Sequence[str]]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        per_image = texts_per_image(texts, features.batch_size)
-        flat = [text for group in per_image for text in group]
-        embeds = self.encode_text(flat)
-        patches = self.projected_patches(features)
-        most = max(len(group) for group in per_image)
-        padded = embeds.new_zeros(features.batch_size, most, embeds.shape[-1])
-        text_mask = torch.zeros(features.batch_size, most, dtype=torch.bool, device=embeds.device)
-        start = 0
-        for row, group in enumerate(per_image):
-            padded[row, : len(group)] = embeds[start : start + len(group)]
-            text_mask[row, : len(group)] = True
-            start += len(group)
-        similarity = torch.einsum("btp,bnp->btn", padded, patches)
-        return similarity, (None if bool(text_mask.all()) else text_mask)
+
+def _similarity(
+    patches: torch.Tensor, embeds: torch.Tensor, counts: list[int]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """patches [B, N, P]; embeds [sum(counts), P], row b owning `counts[b]` of them -> similarity [B, T, N]
+    (T = max count, missing texts zero) and text_mask [B, T] (None when every row has T texts)."""
+    batch = patches.shape[0]
+    most = max(counts)
+    padded = embeds.new_zeros(batch, most, embeds.shape[-1])
+    text_mask = torch.zeros(batch, most, dtype=torch.bool, device=embeds.device)
+    start = 0
+    for row, count in enumerate(counts):
+        padded[row, :count] = embeds[start : start + count]
+        text_mask[row, :count] = True
+        start += count
+    similarity = text_patch_similarity(padded, patches)
+    return similarity, (None if bool(text_mask.all()) else text_mask)
 
 
 def check_text(text: object) -> str:

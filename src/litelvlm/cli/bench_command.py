@@ -1,4 +1,4 @@
-"""`litelvlm bench`: stage-wise speed, memory and FLOPs of GLaMM across methods and budgets."""
+"""`litelvlm bench`: stage-wise speed, memory and FLOPs of a grounding host across methods and budgets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import datetime
 import shlex
 
 from ..errors import LiteLVLMError
+from ..hosts.registry import list_hosts
 from . import arguments
+from .eval_command import DEFAULT_PRUNED_BUDGETS
 
 DEFAULT_TEXT = "the man in the red shirt on the left"
 
@@ -16,12 +18,17 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
         help="per-stage latency, peak/activation memory and FLOPs across methods and budgets",
-        description="Benchmark GLaMM-7B's exact architecture with random weights (no download), or a real "
-        "checkpoint with --model. --llm-layers/--sam-layers keep every width and cut depth for quick runs; "
-        "such runs are labelled scaled and their full-depth extrapolation is shown apart from measurements.",
+        description="Benchmark a host's exact 7B architecture (GLaMM-7B or LISA-7B, --host) with random weights "
+        "(no download), or a real checkpoint with --model. --llm-layers/--sam-layers keep every width and cut "
+        "depth for quick runs; such runs are labelled scaled and their full-depth extrapolation is shown apart "
+        "from measurements.",
     )
-    parser.add_argument("--model", help="a GLaMM checkpoint (default: the full architecture, random weights)")
-    parser.add_argument("--clip", help="CLIP checkpoint for --model (default: the config's mm_vision_tower)")
+    parser.add_argument("--host", choices=list_hosts(), default="glamm",
+                        help="the architecture built with random weights (default glamm); ignored with --model")  # fmt: skip
+    parser.add_argument(
+        "--model", help="a GLaMM or LISA checkpoint (default: --host's architecture, random weights)"
+    )
+    parser.add_argument("--clip", help="CLIP checkpoint for --model (default: the config's vision tower)")
     parser.add_argument("--llm-layers", type=int, help="scaled run: this many LLM layers (full: 32)")
     parser.add_argument(
         "--sam-attention",
@@ -32,7 +39,8 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--sam-layers", type=int, help="scaled run: this many SAM encoder blocks (full: 32)")
     parser.add_argument("--methods", type=arguments.method_list, default=["litelvlm"])
-    parser.add_argument("--budgets", type=arguments.budget_list, default=[576, 192, 128, 64])
+    parser.add_argument("--budgets", type=arguments.budget_list,
+                        help="comma-separated (default: all patches, then 192,128,64)")  # fmt: skip
     parser.add_argument(
         "--budget-mode", choices=("average", "final"), default="average", help="in-LLM methods"
     )
@@ -55,12 +63,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..bench import benchmark, machine, markdown, plot, throughput
-    from ..hosts.glamm_predictor import GlammPredictor
+    from ..hosts import GroundingPredictor, get_host
     from ..images import load_image
     from ..io import write_atomic, write_json
     from ..memory import memory_method
     from ..selection import get_method
-    from ..testing.full_size import random_glamm_predictor
+    from ..synthetic import random_predictor
 
     for flag, value in (
         ("--runs", args.runs),
@@ -88,10 +96,11 @@ def run(args: argparse.Namespace) -> int:
             raise LiteLVLMError(
                 "--sam-attention eager applies to the random full-size model; use fused or sdpa with --model."
             )
-        predictor = GlammPredictor.from_pretrained(args.model, clip=args.clip, dtype=dtype, device=device)
+        predictor = GroundingPredictor.from_pretrained(args.model, clip=args.clip, dtype=dtype, device=device)
         predictor.model.sam.fused_encoder = args.sam_attention == "fused"
     else:
-        predictor = random_glamm_predictor(
+        predictor = random_predictor(
+            get_host(args.host),
             llm_layers=args.llm_layers,
             sam_layers=args.sam_layers,
             sam_attention=args.sam_attention,
@@ -99,15 +108,18 @@ def run(args: argparse.Namespace) -> int:
             device=device,
         )
     options = {name: get_method(name).supported(budget_mode=args.budget_mode) for name in args.methods}
-    rows = benchmark(predictor, image, expressions, args.methods, args.budgets, runs=args.runs,
+    budgets = args.budgets or [predictor.num_patches, *DEFAULT_PRUNED_BUDGETS]
+    rows = benchmark(predictor, image, expressions, args.methods, budgets, runs=args.runs,
                      warmup=args.warmup, method_options=options, progress=not args.no_progress)  # fmt: skip
     scaled = bool(args.llm_layers or args.sam_layers)
+    full_layers = predictor.host.full_size_llama()["num_hidden_layers"]
     report = {
         "runs": rows,
         "config": {
-            "model": args.model or "GLaMM-7B architecture, random weights",
+            "host": predictor.host.display_name,
+            "model": args.model or f"{predictor.host.display_name}-7B architecture, random weights",
             "scaled": scaled,
-            "scale": f"LLM {args.llm_layers or 32}/32 layers, SAM {args.sam_layers or 32}/32 blocks",
+            "scale": f"LLM {args.llm_layers or full_layers}/{full_layers} layers, SAM {args.sam_layers or 32}/32 blocks",
             "sam_attention": args.sam_attention,
             "device": device,
             "dtype": args.dtype,
@@ -124,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if args.throughput:
         texts = [f"{DEFAULT_TEXT} number {i}" for i in range(args.throughput)]
         method = args.methods[0]
-        budget = min(args.budgets)
+        budget = min(budgets)
         report["throughput"] = throughput(predictor, image, texts, method, budget, options[method])
     text = markdown(report)
     print(text)

@@ -4,32 +4,35 @@ from __future__ import annotations
 
 import argparse
 
+from ..evaluation.protocols import PROTOCOLS
 from . import arguments
+
+DEFAULT_PRUNED_BUDGETS = (192, 128, 64)  # the paper's budgets
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="evaluate methods x budgets on RefCOCO/+/g or a JSONL data set (cIoU, gIoU, P@X)",
-        description="Evaluate GLaMM with token pruning. Writes records.jsonl (one line per expression, written "
+        description="Evaluate a pixel-grounding model (GLaMM or LISA) with token pruning. Writes records.jsonl (one line per expression, written "
         "ahead: kill the run at any time and start the same command again to continue), results.json, "
         "results.md and budget_vs_ciou.png into --out. Run with `accelerate launch -m litelvlm eval ...` to "
         "shard images over GPUs/nodes.",
     )
-    parser.add_argument("--model", required=True, help="GLaMM checkpoint directory or hub id")
-    parser.add_argument(
-        "--clip", help="CLIP checkpoint dir or hub id (default: the config's mm_vision_tower)"
-    )
+    parser.add_argument("--model", required=True, help="GLaMM or LISA checkpoint directory or hub id")
+    parser.add_argument("--clip", help="CLIP checkpoint dir or hub id (default: the config's vision tower)")
     arguments.add_data_arguments(parser)
     parser.add_argument("--methods", type=arguments.method_list, default=["litelvlm"], help="comma-separated")
     parser.add_argument(
         "--budgets",
         type=arguments.budget_list,
-        default=[576, 192, 128, 64],
-        help="comma-separated token budgets",
+        help="comma-separated token budgets (default: all patches, then 192,128,64)",
     )
     parser.add_argument(
-        "--protocol", choices=("glamm", "lisa"), default="glamm", help="see docs/evaluation.md"
+        "--protocol",
+        choices=PROTOCOLS,
+        help="glamm: <= 3 sampled expressions per image in one conversation; lisa: every sentence alone "
+        "(default: the model's own protocol; see docs/evaluation.md)",
     )
     arguments.add_method_arguments(parser, seed_help="seed of the protocol's sampling and of `random`")
     parser.add_argument("--out", required=True, help="run directory (created; an existing run is resumed)")
@@ -42,9 +45,14 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from ..evaluation.loop import evaluate
-    from ..hosts.glamm_predictor import GlammPredictor
+    from ..evaluation.protocols import check_protocol
+    from ..hosts import GroundingPredictor, detect_host
+    from ..hosts.registry import local_checkpoint_dir
 
     out = arguments.check_output_dir(args.out)
+    directory = local_checkpoint_dir(args.model)
+    host, _ = detect_host(directory)
+    protocol = check_protocol(args.protocol or host.protocol, host)
     dataset, data, name, split = arguments.load_data(args)
     state = PartialState(cpu=args.device == "cpu")
     device = (
@@ -52,18 +60,19 @@ def run(args: argparse.Namespace) -> int:
         if state.num_processes > 1 or args.device is None
         else arguments.resolve_device(args.device)
     )
-    predictor = GlammPredictor.from_pretrained(
-        args.model, clip=args.clip, dtype=arguments.resolve_dtype(args.dtype), device=device
+    predictor = GroundingPredictor.from_pretrained(
+        directory, clip=args.clip, dtype=arguments.resolve_dtype(args.dtype), device=device
     )
+    budgets = args.budgets or [predictor.num_patches, *DEFAULT_PRUNED_BUDGETS]
     config = {
         "data": data,
         "dataset": name,
         "split": split,
-        "protocol": args.protocol,
+        "protocol": protocol,
         "seed": args.seed,
         "limit": args.limit,
         "methods": args.methods,
-        "budgets": args.budgets,
+        "budgets": budgets,
         "model": args.model,
         "clip": args.clip,
         "dtype": args.dtype,

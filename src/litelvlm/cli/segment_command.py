@@ -1,4 +1,4 @@
-"""`litelvlm segment`: masks for referring expressions with a pruned GLaMM."""
+"""`litelvlm segment`: masks for referring expressions with a pruned host (GLaMM, LISA)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,19 @@ from . import arguments
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "segment",
-        help="segment referring expressions with GLaMM at a visual-token budget",
-        description="Run GLaMM-RefSeg with the chosen token-selection method and write one mask PNG per "
-        "expression. Up to 3 expressions share one multi-turn conversation (GLaMM's evaluation format); more "
-        "are split into further conversations of 3, run as one batch. With --generate each expression is its "
-        "own conversation and the model writes the answer.",
+        help="segment referring expressions with GLaMM or LISA at a visual-token budget",
+        description="Run a pixel-grounding model (GLaMM or LISA, read from the checkpoint) with the chosen "
+        "token-selection method and write one mask PNG per expression. Expressions share conversations as the "
+        "host's evaluation does (GLaMM: up to 3 turns of one conversation; LISA: one conversation each), all run "
+        "as one batch. With --generate each expression is its own conversation and the model writes the answer.",
     )
     parser.add_argument(
-        "--model", required=True, help="GLaMM checkpoint directory or hub id (MBZUAI/GLaMM-RefSeg)"
+        "--model",
+        required=True,
+        help="checkpoint directory or hub id: MBZUAI/GLaMM-RefSeg, xinlai/LISA-7B-v1, xinlai/LISA-13B-llama2-v1",
     )
     parser.add_argument(
-        "--clip", help="CLIP checkpoint dir or hub id (default: the model config's mm_vision_tower)"
+        "--clip", help="CLIP checkpoint dir or hub id (default: the model config's vision tower)"
     )
     parser.add_argument("--image", required=True, help="image file")
     parser.add_argument(
@@ -33,15 +35,16 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--budget",
         type=arguments.budget,
-        default=576,
-        help="visual tokens fed to the LLM; >= 576 keeps them all (no pruning) (default 576)",
+        help="visual tokens fed to the LLM; at least the number of patches (GLaMM 576, LISA 256) keeps them all "
+        "(default: all, no pruning)",
     )
     parser.add_argument("--method", type=arguments.method, default="litelvlm", help="selection method")
     parser.add_argument(
         "--full-budget",
         choices=("identity", "method"),
         default="identity",
-        help="at a budget >= 576: keep all tokens in raster order (identity) or run the method anyway "
+        help="at a budget >= the number of patches: keep all tokens in raster order (identity) or run the method "
+        "anyway "
         "(litelvlm paper order then permutes them, as the authors' code does)",
     )
     arguments.add_method_arguments(parser)
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from ..hosts.glamm_predictor import GlammPredictor
+    from ..hosts import GroundingPredictor
     from ..images import load_image
     from ..io import save_png, write_json
     from ..scoring import check_text
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     device = arguments.resolve_device(args.device)
     start = time.perf_counter()
-    predictor = GlammPredictor.from_pretrained(
+    predictor = GroundingPredictor.from_pretrained(
         args.model, clip=args.clip, dtype=arguments.resolve_dtype(args.dtype), device=device
     )
     load_seconds = time.perf_counter() - start
@@ -130,9 +133,10 @@ def run(args: argparse.Namespace) -> int:
         write_json(
             json_path,
             {
+                "host": predictor.host.name,
                 "method": args.method,
-                "budget": args.budget,
-                "num_patches": predictor.scorer.num_patches,
+                "budget": prediction.budget,
+                "num_patches": predictor.num_patches,
                 "num_visual_tokens": prediction.num_visual_tokens,
                 "tokens_per_layer": prediction.tokens_per_layer,
                 "average_visual_tokens": prediction.average_visual_tokens,

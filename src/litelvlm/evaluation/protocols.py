@@ -1,6 +1,6 @@
 """Evaluation protocols: which expressions of an image are asked, in which conversations, with which templates.
 
-glamm: the authors' RefCOCO evaluation (spec section 9), but seeded. Per image, every sentence of every referent
+glamm: GLaMM's RefCOCO evaluation (docs/evaluation.md), but seeded. Per image, every sentence of every referent
     (in file order); if there are 3 or more, 3 are sampled without replacement (random order), else all are used;
     they form ONE multi-turn conversation, each turn with a random question (of 16) and answer (of 5) template.
 lisa: every sentence of every referent, each in its own single-turn conversation, with LISA's fixed question
@@ -18,12 +18,29 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import LiteLVLMError
+from ..hosts.glamm import GlammHost
+from ..hosts.lisa import LisaHost
 from ..prompts import ANSWER_LIST, SEG_QUESTIONS
 
 PROTOCOLS = ("glamm", "lisa")
-GLAMM_TURNS = 3
-LISA_QUESTION = SEG_QUESTIONS.index("What is {class_name} in this image? Please output segmentation mask.")
-LISA_ANSWER = ANSWER_LIST.index("[SEG].")
+# Each protocol is its host's own evaluation: GLaMM's conversations of up to 3 turns, LISA's fixed templates.
+GLAMM_TURNS = GlammHost.max_turns
+TURNS = {"glamm": GLAMM_TURNS, "lisa": LisaHost.max_turns}  # expressions per conversation
+LISA_QUESTION = LisaHost.default_question
+LISA_ANSWER = LisaHost.default_answer
+
+
+def check_protocol(protocol: str, host) -> str:
+    """The protocol, if the host's conversations can hold its turns (a litelvlm.hosts.Host); else one sentence."""
+    if protocol not in PROTOCOLS:
+        raise LiteLVLMError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}.")
+    if TURNS[protocol] > host.max_turns:
+        raise LiteLVLMError(
+            f"protocol {protocol!r} puts {TURNS[protocol]} expressions in one conversation, but "
+            f"{host.display_name} holds {host.max_turns} per conversation (its training and evaluation format); "
+            f"use --protocol {host.protocol}, {host.display_name}'s own."
+        )
+    return protocol
 
 
 @dataclass(frozen=True)
@@ -58,7 +75,7 @@ def plan_image(image, protocol: str, seed: int) -> Plan:
     """The queries an image gets under `protocol` (`image` is a litelvlm.data.ImageEntry)."""
     items = [(referent, index) for referent in image.referents for index in range(len(referent.sentences))]
     if protocol == "lisa":
-        return Plan(tuple(Query(r, i, LISA_QUESTION, LISA_ANSWER) for r, i in items), 1)
+        return Plan(tuple(Query(r, i, LISA_QUESTION, LISA_ANSWER) for r, i in items), TURNS["lisa"])
     if protocol != "glamm":
         raise LiteLVLMError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}.")
     rng = image_generator(seed, image.image_id)

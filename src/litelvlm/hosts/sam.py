@@ -1,13 +1,13 @@
-"""GLaMM's "grounding encoder": a SAM ViT-H built from transformers' SAM modules (spec §2.3, §6.2, §7 steps 9-13).
+"""The SAM ViT-H of pixel-grounding hosts, built from transformers' SAM modules and driven by `[SEG]` embeddings.
 
-GLaMM stores SAM under `model.grounding_encoder.` with Meta `segment_anything` key names; `glamm_to_hf_sam_key`
-renames them to the transformers module tree used here. Only the pieces GLaMM runs for referring segmentation
-are wired up: the image encoder, `no_mask_embed` as the dense prompt, the dense positional encoding and the mask
-decoder fed with one text embedding per `[SEG]` as its single sparse token. The point/box/mask prompt modules are
-still built so that every checkpoint tensor has a home (strict loading catches missing or misnamed keys).
+Hosts store SAM under a prefix of their own with Meta `segment_anything` key names; `meta_to_hf_sam_key` renames
+them to the transformers module tree used here. Only the pieces a host runs for referring segmentation are wired
+up: the image encoder, `no_mask_embed` as the dense prompt, the dense positional encoding and the mask decoder
+fed with one text embedding per `[SEG]` as its single sparse token. The point/box/mask prompt modules are still
+built so that every checkpoint tensor has a home (strict loading catches missing or misnamed keys).
 
-Numerics (spec §10): the module runs in its own dtype (bf16 for parity), including the dense positional
-encoding, without autocast; only `postprocess_masks` works in fp32. The image encoder runs through
+Numerics: the module runs in its own dtype (bf16 for parity with the hosts' bf16 inference), including the dense
+positional encoding, without autocast; only `postprocess_masks` works in fp32. The image encoder runs through
 `sam_encoder.encode_image` (same weights and mathematics as transformers' forward, 1.8x faster on a 2-core CPU; softmax
 in the module dtype, as Meta's bf16 SAM) unless `fused_encoder=False`; the mask decoder's attention is eager
 (explicit softmax, as in Meta's code).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -31,20 +32,36 @@ from transformers.models.sam.modeling_sam import (
     SamVisionEncoder,
 )
 
+from ..errors import LiteLVLMError
 from .sam_encoder import encode_image
 
-SAM_PREFIX = "model.grounding_encoder."
+
+@dataclass(frozen=True)
+class SamSizes:
+    """Sizes of a SAM image encoder (and the mask decoder's MLP); the defaults are ViT-H (`build_sam_vit_h`)."""
+
+    hidden_size: int = 1280
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 16
+    mlp_dim: int = 5120
+    window_size: int = 14
+    global_attn_indexes: tuple[int, ...] = (7, 15, 23, 31)
+    decoder_mlp_dim: int = 2048
+
+
+SAM_VIT_H = SamSizes()
+SAM_IMAGE_SIZE = 1024  # input side; the image embedding is SAM_IMAGE_SIZE / 16 = 64 cells a side
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 # The overrides `sam_vit_h_config` accepts (all shrink the image encoder; the 256-wide prompt encoder and mask
-# decoder, the 1024 image and the 16 patch stay fixed because GLaMM's projection head outputs 256 channels).
+# decoder, the 1024 image and the 16 patch stay fixed because the hosts' `[SEG]` projection outputs 256 channels).
 _VISION_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_dim", "window_size")
 
 
 def sam_vit_h_config(vision_attention: str = "sdpa", **overrides) -> SamConfig:
-    """The `SamConfig` of SAM ViT-H as used by GLaMM (Meta's `build_sam_vit_h`).
+    """The `SamConfig` of SAM ViT-H as the hosts use it (Meta's `build_sam_vit_h`).
 
     vision_attention: the attention of transformers' image-encoder layers, used when `GroundingSam` runs
     transformers' forward (`fused_encoder=False`): "sdpa" (default: the relative-position bias goes in as SDPA's mask) or
@@ -55,14 +72,14 @@ def sam_vit_h_config(vision_attention: str = "sdpa", **overrides) -> SamConfig:
     unknown = set(overrides) - {*_VISION_OVERRIDES, "global_attn_indexes", "decoder_mlp_dim"}
     if unknown:
         raise TypeError(f"sam_vit_h_config: unsupported overrides {sorted(unknown)}")
-    hidden = overrides.get("hidden_size", 1280)
+    hidden = overrides.get("hidden_size", SAM_VIT_H.hidden_size)
     vision = {
-        "hidden_size": 1280,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 16,
-        "mlp_dim": 4 * hidden,
-        "window_size": 14,
-        "image_size": 1024,
+        "hidden_size": SAM_VIT_H.hidden_size,
+        "num_hidden_layers": SAM_VIT_H.num_hidden_layers,
+        "num_attention_heads": SAM_VIT_H.num_attention_heads,
+        "mlp_dim": SAM_VIT_H.mlp_dim * hidden // SAM_VIT_H.hidden_size,  # 4 x the width
+        "window_size": SAM_VIT_H.window_size,
+        "image_size": SAM_IMAGE_SIZE,
         "patch_size": 16,
         "output_channels": 256,
         "num_pos_feats": 128,
@@ -73,10 +90,10 @@ def sam_vit_h_config(vision_attention: str = "sdpa", **overrides) -> SamConfig:
         "hidden_act": "gelu",
     }
     vision.update({k: overrides[k] for k in _VISION_OVERRIDES if k in overrides})
-    vision["global_attn_indexes"] = list(overrides.get("global_attn_indexes", (7, 15, 23, 31)))
+    vision["global_attn_indexes"] = list(overrides.get("global_attn_indexes", SAM_VIT_H.global_attn_indexes))
     prompt = {
         "hidden_size": 256,
-        "image_size": 1024,
+        "image_size": SAM_IMAGE_SIZE,
         "patch_size": 16,
         "mask_input_channels": 16,
         "num_point_embeddings": 4,
@@ -86,7 +103,7 @@ def sam_vit_h_config(vision_attention: str = "sdpa", **overrides) -> SamConfig:
     decoder = {
         "hidden_size": 256,
         "hidden_act": "relu",
-        "mlp_dim": overrides.get("decoder_mlp_dim", 2048),
+        "mlp_dim": overrides.get("decoder_mlp_dim", SAM_VIT_H.decoder_mlp_dim),
         "num_hidden_layers": 2,
         "num_attention_heads": 8,
         "attention_downsample_rate": 2,
@@ -172,15 +189,15 @@ def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str:
     return key
 
 
-def glamm_to_hf_sam_key(key: str) -> str | list[str]:
-    """Meta `segment_anything` key (GLaMM prefix stripped) -> our key; the PE matrix -> both PE parameters."""
+def meta_to_hf_sam_key(key: str) -> str | list[str]:
+    """Meta `segment_anything` key (host prefix stripped) -> our key; the PE matrix -> both PE parameters."""
     if key == _PE_META:
         return list(_PE_OURS)
     return _rename(key, _FORWARD)
 
 
-def hf_to_glamm_sam_key(key: str) -> str:
-    """Inverse of `glamm_to_hf_sam_key` (both PE parameters map back to the one Meta buffer)."""
+def hf_to_meta_sam_key(key: str) -> str:
+    """Inverse of `meta_to_hf_sam_key` (both PE parameters map back to the one Meta buffer)."""
     return _PE_META if key in _PE_OURS else _rename(key, _BACKWARD)
 
 
@@ -188,7 +205,38 @@ def meta_sam_state_dict_keys(config: SamConfig) -> dict[str, tuple[int, ...]]:
     """Meta-named keys (no prefix) and shapes of a SAM checkpoint for `config`, derived from our module tree."""
     with torch.device("meta"):
         module = GroundingSam(config)
-    return {hf_to_glamm_sam_key(k): tuple(v.shape) for k, v in module.state_dict().items()}
+    return {hf_to_meta_sam_key(k): tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def infer_sam_overrides(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> dict:
+    """SAM image-encoder sizes from a checkpoint's tensor shapes (Meta key names under `prefix`), as
+    `sam_vit_h_config` overrides: {} for ViT-H itself, the differing sizes for a smaller SAM (tiny test models).
+    Hosts' config.json files do not describe SAM. Raises `LiteLVLMError` when the encoder's weights are absent."""
+    encoder = prefix + "image_encoder."
+    try:
+        hidden = shapes[encoder + "patch_embed.proj.weight"][0]
+        blocks = sorted(
+            {int(m.group(1)) for k in shapes if (m := re.match(re.escape(encoder) + r"blocks\.(\d+)\.", k))}
+        )
+        rel_pos = [shapes[f"{encoder}blocks.{i}.attn.rel_pos_h"] for i in blocks]
+        mlp_dim = shapes[encoder + "blocks.0.mlp.lin1.weight"][0]
+        decoder_mlp = shapes[prefix + "mask_decoder.transformer.layers.0.mlp.lin1.weight"][0]
+        grid = shapes[encoder + "pos_embed"][1]
+    except (KeyError, IndexError):
+        raise LiteLVLMError(f"the checkpoint lacks SAM image-encoder weights ({prefix}*).") from None
+    head_dim = rel_pos[0][1]
+    windowed = [shape[0] for shape in rel_pos if shape[0] != 2 * grid - 1]
+    found = SamSizes(
+        hidden_size=hidden,
+        num_hidden_layers=len(blocks),
+        num_attention_heads=hidden // head_dim,
+        mlp_dim=mlp_dim,
+        window_size=(windowed[0] + 1) // 2 if windowed else SAM_VIT_H.window_size,
+        global_attn_indexes=tuple(i for i, shape in zip(blocks, rel_pos) if shape[0] == 2 * grid - 1),
+        decoder_mlp_dim=decoder_mlp,
+    )
+    defaults = asdict(SAM_VIT_H)
+    return {name: value for name, value in asdict(found).items() if value != defaults[name]}
 
 
 def _preview(keys: list[str], limit: int = 5) -> str:
@@ -206,7 +254,7 @@ def build_grounding_sam(vision_attention: str = "fused", **overrides) -> Groundi
 
 
 class GroundingSam(nn.Module):
-    """SAM image encoder + prompt encoder + mask decoder, driven the way GLaMM drives them for `[SEG]` tokens.
+    """SAM image encoder + prompt encoder + mask decoder, driven the way the hosts drive them for `[SEG]` tokens.
 
     fused_encoder: run the image encoder through `sam_encoder.encode_image` (default) rather than transformers'
     `SamVisionEncoder.forward`; both use the same modules and weights and can be switched at any time.
@@ -228,7 +276,7 @@ class GroundingSam(nn.Module):
         return self.mask_decoder.iou_token.weight.dtype
 
     def load_meta_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> None:
-        """Load Meta-named SAM tensors (GLaMM prefix stripped), cast to each parameter's dtype.
+        """Load Meta-named SAM tensors (host prefix stripped), cast to each parameter's dtype.
 
         Works on a module built under `torch.device("meta")`: tensors are assigned, not copied (a parameter on a
         real device receives a copy on that device). A shape mismatch always raises `ValueError`; with `strict`,
@@ -238,7 +286,7 @@ class GroundingSam(nn.Module):
         new: dict[str, Tensor] = {}
         unexpected, mismatched = [], []
         for key, value in state_dict.items():
-            targets = glamm_to_hf_sam_key(key)
+            targets = meta_to_hf_sam_key(key)
             for target in [targets] if isinstance(targets, str) else targets:
                 if target not in own:
                     unexpected.append(key)
@@ -252,7 +300,7 @@ class GroundingSam(nn.Module):
         missing = [k for k in own if k not in new]
         errors = [f"shape mismatch: {_preview(mismatched)}"] if mismatched else []
         if strict and missing:
-            errors.append(f"missing keys: {_preview([hf_to_glamm_sam_key(k) for k in missing])}")
+            errors.append(f"missing keys: {_preview([hf_to_meta_sam_key(k) for k in missing])}")
         if strict and unexpected:
             errors.append(f"unexpected keys: {_preview(unexpected)}")
         if errors:
@@ -271,7 +319,7 @@ class GroundingSam(nn.Module):
         """Dense positional encoding of the 64x64 embedding grid, [1,256,64,64], computed in the PE's dtype.
 
         Cell centres (i+0.5)/64 go through the random-Fourier PE (2x-1, @ gaussian matrix, *2pi, [sin, cos]); the
-        grid is built in the PE dtype as in GLaMM's SAM, so a bf16 module computes it in bf16 (spec §10).
+        grid is built in the PE dtype as in the hosts' SAM, so a bf16 module computes it in bf16.
         """
         size = self.config.prompt_encoder_config.image_embedding_size
         matrix = self.shared_image_embedding.positional_embedding
@@ -307,8 +355,11 @@ class GroundingSam(nn.Module):
         return masks[0, :, 0]  # [1, n, 1, 256, 256] -> [n, 256, 256]
 
 
-def sam_preprocess(image: Image.Image, size: int = 1024) -> tuple[Tensor, tuple[int, int], tuple[int, int]]:
-    """SAM input of spec §6.2: ResizeLongestSide (PIL bilinear on uint8), normalise in 0-255, pad right/bottom.
+def sam_preprocess(
+    image: Image.Image, size: int = SAM_IMAGE_SIZE
+) -> tuple[Tensor, tuple[int, int], tuple[int, int]]:
+    """SAM's input as the hosts prepare it: ResizeLongestSide (PIL bilinear on uint8), normalise in 0-255, pad
+    right/bottom with zeros (after normalisation). Other modes are converted to RGB first.
 
     Returns (pixels [3,size,size] float32, resized (h, w), original (H, W)). Cast to the model dtype is left to
     `GroundingSam.embed_image`.
@@ -328,10 +379,11 @@ def sam_preprocess(image: Image.Image, size: int = 1024) -> tuple[Tensor, tuple[
 
 
 def postprocess_masks(
-    low_res: Tensor, resized: tuple[int, int], original: tuple[int, int], size: int = 1024
+    low_res: Tensor, resized: tuple[int, int], original: tuple[int, int], size: int = SAM_IMAGE_SIZE
 ) -> Tensor:
     """Low-res logits [n,256,256] -> fp32 logits [n,H,W]: upsample to size x size, crop to `resized`, resize to
-    `original` (bilinear, align_corners=False, spec §7 step 13). Thresholding (> 0) is the caller's job."""
+    `original` (bilinear, align_corners=False, as the hosts' `postprocess_masks`). Thresholding (> 0) is the
+    caller's job."""
     masks = low_res.float()[:, None]
     masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
     masks = masks[..., : resized[0], : resized[1]]

@@ -13,10 +13,13 @@ from .base import (
     SelectionMethod,
     TokenScores,
     check_budget,
+    check_full_budget,
+    check_options,
     get_method,
     keep_all,
     list_methods,
     register,
+    run_selection,
     select_tokens,
 )
 from .in_llm import PruneStep, PruningPlan
@@ -37,9 +40,12 @@ __all__ = [
     "SelectionMethod",
     "TokenScores",
     "check_budget",
+    "check_full_budget",
+    "check_options",
     "get_method",
     "keep_all",
     "list_methods",
     "register",
+    "run_selection",
     "select_tokens",
 ]

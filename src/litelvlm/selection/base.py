@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -167,6 +167,24 @@ def keep_all(batch_size: int, num_patches: int, device: torch.device | str = "cp
 FULL_BUDGET_MODES = ("identity", "method")
 
 
+def check_full_budget(full_budget: object) -> str:
+    if full_budget not in FULL_BUDGET_MODES:
+        raise LiteLVLMError(
+            f"full_budget must be one of {', '.join(FULL_BUDGET_MODES)}, got {full_budget!r}."
+        )
+    return full_budget
+
+
+def check_options(entry: SelectionMethod, options: Mapping[str, object]) -> None:
+    """A clear error for an option the method does not take (instead of a TypeError deep inside it)."""
+    unknown = [name for name in options if name not in entry.option_names]
+    if unknown:
+        accepted = ", ".join(entry.option_names) or "none"
+        raise LiteLVLMError(
+            f"method {entry.name!r} takes no option {unknown[0]!r}; its options are: {accepted}."
+        )
+
+
 def select_tokens(
     method: str, scores: TokenScores, budget: int, *, full_budget: str = "identity", **options
 ) -> Selection:
@@ -178,20 +196,25 @@ def select_tokens(
     """
     entry = get_method(method)
     budget = check_budget(budget)
-    if full_budget not in FULL_BUDGET_MODES:
-        raise LiteLVLMError(
-            f"full_budget must be one of {', '.join(FULL_BUDGET_MODES)}, got {full_budget!r}."
-        )
+    check_full_budget(full_budget)
+    check_options(entry, options)
+    return run_selection(entry, scores, budget, full_budget, options)
+
+
+def run_selection(
+    entry: SelectionMethod, scores: TokenScores, budget: int, full_budget: str, options: Mapping[str, object]
+) -> Selection:
+    """`select_tokens` on arguments already validated (for callers that validate once at their own entry)."""
     if budget >= scores.num_patches:
         if full_budget == "identity":
             return keep_all(scores.batch_size, scores.num_patches, scores.device)
         budget = scores.num_patches
     if entry.stage != "vision":
         raise LiteLVLMError(
-            f"method {method!r} prunes inside the LLM, so it keeps every visual token here; run it through a "
-            "host (GlammPredictor, litelvlm segment or eval)."
+            f"method {entry.name!r} prunes inside the LLM, so it keeps every visual token here; run it through "
+            "a host (GroundingPredictor, litelvlm segment or eval)."
         )
-    scores.require(method, *sorted(entry.needs))
+    scores.require(entry.name, *sorted(entry.needs))
     return entry.fn(scores, budget, **options)
 
 

@@ -14,15 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ..hosts.sam import SAM_PREFIX, meta_sam_state_dict_keys, sam_vit_h_config
+from ..hosts.glamm import GlammHost
+from ..synthetic.llama_tokenizer import write_tiny_llama_tokenizer
+from .checkpoint import TINY_LLM, random_host_state_dict, write_sharded_bin
 from .clip import make_tiny_clip
-from .llama_tokenizer import write_tiny_llama_tokenizer
 
-TINY_LLM = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=4, num_attention_heads=4)
-# SAM with the real 1024 px input and 256-wide decoder, but a 2-block, 32-wide image encoder (block 1 global).
-TINY_SAM = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, global_attn_indexes=(1,), decoder_mlp_dim=64
-)
 # Region-encoder keys at reduced sizes: never loaded, present so the loader's skipping is exercised.
 TINY_REGION_ENCODER = {
     "model.region_encoder.mlvl_fuse.input_conv.0.weight": (8, 10, 1, 1),
@@ -34,7 +30,7 @@ TINY_REGION_ENCODER = {
 
 
 def glamm_config(vocab_size: int, mm_hidden_size: int, vision_tower: str, **llm) -> dict:
-    """config.json with GLaMM-RefSeg's fields (spec section 3) and the given LLM sizes."""
+    """config.json with GLaMM-RefSeg's fields (docs/glamm.md) and the given LLM sizes."""
     sizes = {**TINY_LLM, **llm}
     return {
         "architectures": ["GLaMMForCausalLM"],
@@ -87,51 +83,14 @@ def glamm_config(vocab_size: int, mm_hidden_size: int, vision_tower: str, **llm)
 
 def glamm_state_dict(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random weights under GLaMM's checkpoint keys (LLM bf16; SAM and text_hidden_fcs fp32)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    hidden, out_dim = config["hidden_size"], config["out_dim"]
-    generator = torch.Generator().manual_seed(seed)
-
-    def random(*shape, scale=None):
-        fan_in = shape[-1] if len(shape) > 1 else 1
-        return torch.randn(*shape, generator=generator) * (scale or fan_in**-0.5)
-
-    fields = {k: config[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                                     "num_attention_heads", "num_key_value_heads", "rms_norm_eps")}  # fmt: skip
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        llm = LlamaForCausalLM(LlamaConfig(**fields))
-    state = {key: value.to(torch.bfloat16) for key, value in llm.state_dict().items()}
-    # Norm scales drawn around 1 make hidden states depend on more than the initialisation's constants.
-    for key in state:
-        if key.endswith("norm.weight"):
-            state[key] = (1 + 0.1 * random(hidden, scale=1.0)).to(torch.bfloat16)
-    mm_hidden = config["mm_hidden_size"]
-    state.update({
-        "model.mm_projector.0.weight": random(hidden, mm_hidden).to(torch.bfloat16),
-        "model.mm_projector.0.bias": random(hidden, scale=0.02).to(torch.bfloat16),
-        "model.mm_projector.2.weight": random(hidden, hidden).to(torch.bfloat16),
-        "model.mm_projector.2.bias": random(hidden, scale=0.02).to(torch.bfloat16),
-        "model.text_hidden_fcs.0.0.weight": random(hidden, hidden),
-        "model.text_hidden_fcs.0.0.bias": random(hidden, scale=0.02),
-        "model.text_hidden_fcs.0.2.weight": random(out_dim, hidden),
-        "model.text_hidden_fcs.0.2.bias": random(out_dim, scale=0.02),
-    })  # fmt: skip
-    for key, shape in meta_sam_state_dict_keys(sam_vit_h_config(**TINY_SAM)).items():
-        if key.endswith(
-            ("norm1.weight", "norm2.weight", "norm3.weight", "norm4.weight", "norm_final_attn.weight")
-        ) or (
-            len(shape) == 1
-            and ("neck.1" in key or "neck.3" in key or "upscaling.1" in key)
-            and key.endswith("weight")
-        ):
-            value = 1 + 0.1 * random(*shape, scale=1.0)
-        else:
-            value = random(*shape, scale=1.0 if key.endswith("gaussian_matrix") else None)
-        state[SAM_PREFIX + key] = value
-    for key, shape in TINY_REGION_ENCODER.items():
-        state[key] = random(*shape).to(torch.bfloat16)
-    return state
+    hidden, mm_hidden = config["hidden_size"], config["mm_hidden_size"]
+    projector = {
+        "model.mm_projector.0.weight": ((hidden, mm_hidden), None),
+        "model.mm_projector.0.bias": ((hidden,), 0.02),
+        "model.mm_projector.2.weight": ((hidden, hidden), None),
+        "model.mm_projector.2.bias": ((hidden,), 0.02),
+    }
+    return random_host_state_dict(config, GlammHost.sam_prefix, projector, TINY_REGION_ENCODER, seed)
 
 
 def make_tiny_glamm(
@@ -157,19 +116,3 @@ def make_tiny_glamm(
     )
     write_sharded_bin(directory, glamm_state_dict(config, seed))
     return directory
-
-
-def write_sharded_bin(directory: Path, state: dict[str, torch.Tensor], shards: int = 2) -> None:
-    """pytorch_model-0000k-of-0000n.bin files and pytorch_model.bin.index.json, as `save_pretrained` writes."""
-    keys = list(state)
-    per_shard = -(-len(keys) // shards)
-    weight_map, total = {}, 0
-    for number in range(shards):
-        name = f"pytorch_model-{number + 1:05d}-of-{shards:05d}.bin"
-        part = {key: state[key].contiguous() for key in keys[number * per_shard : (number + 1) * per_shard]}
-        torch.save(part, directory / name)
-        for key, value in part.items():
-            weight_map[key] = name
-            total += value.numel() * value.element_size()
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (directory / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))

@@ -1,10 +1,11 @@
-"""A tiny LLaMA-style SentencePiece tokenizer in the file layout of MBZUAI/GLaMM-RefSeg.
+"""A tiny LLaMA-style SentencePiece tokenizer in the file layout of the hosts' checkpoints (GLaMM, LISA).
 
 The SentencePiece BPE model is trained on the fly (in memory, a few hundred milliseconds) with LLaMA's trainer
 settings: <unk>=0, <s>=1, </s>=2, no pad, byte fallback, dummy prefix, split digits, identity normalization,
-extra whitespace kept. The corpus is the GLaMM RefSeg prompt language (system prompt, question and answer
-templates, generated referring expressions), without the added tokens themselves, which SentencePiece never
-sees in the real model either. "\\n" is kept out of the corpus so that, as in LLaMA, it is byte-encoded (<0x0A>).
+extra whitespace kept. The corpus is the hosts' referring-segmentation prompt language (system prompt, question
+and answer templates, generated referring expressions), without the added tokens themselves, which SentencePiece
+never sees in the real model either. "\\n" is kept out of the corpus so that, as in LLaMA, it is byte-encoded
+(<0x0A>).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import io
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import LiteLVLMError
-from ..hosts.glamm_text import ADDED_TOKENS, IMAGE_PREFIX, SYSTEM
+from ..hosts.conversation import IMAGE_TOKEN, SYSTEM
+from ..hosts.glamm import GlammHost
 from ..prompts import ANSWER_LIST, SEG_QUESTIONS
 
 _COLORS = (
@@ -42,6 +45,7 @@ _PLACES = (
     "far right", "closest to camera", "behind the fence", "next to the tree", "on the table",
     "with glasses", "with a hat", "holding a bat", "sitting down", "standing up",
 )  # fmt: skip
+SAVED_BY = ("4.28", "4.31")  # the transformers releases whose tokenizer files are reproduced
 _ORDINALS = ("first", "second", "third", "left most", "right most", "top", "bottom")
 
 
@@ -65,16 +69,16 @@ def _expressions(rng: random.Random, count: int) -> list[str]:
 
 
 def _strip_added(text: str) -> str:
-    for token in ADDED_TOKENS:
+    for token in GlammHost.added_tokens:
         text = text.replace(token, "")
-    return text.replace("<image>", "")
+    return text.replace(IMAGE_TOKEN, "")
 
 
 def tiny_llama_corpus(seed: int = 0, count: int = 300) -> list[str]:
     """The training sentences (no newlines; added tokens removed)."""
     rng = random.Random(seed)
     expressions = _expressions(rng, count)
-    sentences = [SYSTEM, *IMAGE_PREFIX.strip().split("\n"), *ANSWER_LIST, *SEG_QUESTIONS]
+    sentences = [SYSTEM, *GlammHost.image_prefix.strip().split("\n"), *ANSWER_LIST, *SEG_QUESTIONS]
     for expression in expressions:
         sentences.append(expression)
         question = rng.choice(SEG_QUESTIONS).format(class_name=expression)
@@ -83,15 +87,30 @@ def tiny_llama_corpus(seed: int = 0, count: int = 300) -> list[str]:
     return [_strip_added(sentence).replace("\n", " ") for sentence in sentences]
 
 
-def _special(content: str) -> dict:
-    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+def _special(content: str, normalized: bool = False) -> dict:
+    return {
+        "content": content,
+        "lstrip": False,
+        "normalized": normalized,
+        "rstrip": False,
+        "single_word": False,
+    }
 
 
-def write_tiny_llama_tokenizer(directory: str | Path, vocab_size: int = 400, seed: int = 0) -> dict[str, int]:
-    """Write tokenizer.model, added_tokens.json, tokenizer_config.json and special_tokens_map.json as in
-    MBZUAI/GLaMM-RefSeg, with a tiny SentencePiece vocabulary of `vocab_size` pieces (>= 300: 259 of them are
-    <unk>, <s>, </s> and the 256 byte pieces). The 7 added tokens get ids vocab_size .. vocab_size + 6.
-    Returns the added-token -> id dict. Deterministic: the same arguments write the same bytes."""
+def write_tiny_llama_tokenizer(
+    directory: str | Path,
+    vocab_size: int = 400,
+    seed: int = 0,
+    added_tokens: Sequence[str] = GlammHost.added_tokens,
+    saved_by: str = "4.28",
+) -> dict[str, int]:
+    """Write tokenizer.model, added_tokens.json, tokenizer_config.json and special_tokens_map.json in a host's
+    layout, with a tiny SentencePiece vocabulary of `vocab_size` pieces (>= 300: 259 of them are <unk>, <s>,
+    </s> and the 256 byte pieces). `added_tokens` get ids vocab_size, vocab_size + 1, ... in their order.
+    saved_by "4.28": the files of MBZUAI/GLaMM-* (Vicuna-v1.5 fields, model_max_length 1536, legacy false);
+    "4.31": those transformers 4.31 saved for xinlai/LISA-*-v1 (legacy true, model_max_length 512, special
+    tokens normalized). Returns the added-token -> id dict. Deterministic: the same arguments write the same
+    bytes."""
     import sentencepiece as spm
 
     if vocab_size < 300:
@@ -125,30 +144,34 @@ def write_tiny_llama_tokenizer(directory: str | Path, vocab_size: int = 400, see
     )
     (directory / "tokenizer.model").write_bytes(buffer.getvalue())
 
-    added = {token: vocab_size + index for index, token in enumerate(ADDED_TOKENS)}
+    added = {token: vocab_size + index for index, token in enumerate(added_tokens)}
     (directory / "added_tokens.json").write_text(json.dumps(added, indent=2) + "\n")
-    # The fields of lmsys/vicuna-7b-v1.5 / llava-v1.5-7b / GLaMM-* tokenizer_config.json, model_max_length 1536.
+    if saved_by not in SAVED_BY:
+        raise LiteLVLMError(f"saved_by must be one of {', '.join(SAVED_BY)}, got {saved_by!r}.")
+    # 4.28: the fields of lmsys/vicuna-7b-v1.5 / llava-v1.5-7b / GLaMM-* tokenizer_config.json. 4.31: LISA's
+    # (re-saving with 4.31 gives its 744-byte file; "legacy": true matters, see hosts/tokenizer.py).
+    lisa = saved_by == "4.31"
     config = {
         "add_bos_token": True,
         "add_eos_token": False,
-        "bos_token": {"__type": "AddedToken", **_special("<s>")},
+        "bos_token": {"__type": "AddedToken", **_special("<s>", lisa)},
         "clean_up_tokenization_spaces": False,
-        "eos_token": {"__type": "AddedToken", **_special("</s>")},
-        "legacy": False,
-        "model_max_length": 1536,
+        "eos_token": {"__type": "AddedToken", **_special("</s>", lisa)},
+        "legacy": lisa,
+        "model_max_length": 512 if lisa else 1536,
         "pad_token": None,
         "padding_side": "right",
         "sp_model_kwargs": {},
         "tokenizer_class": "LlamaTokenizer",
-        "unk_token": {"__type": "AddedToken", **_special("<unk>")},
+        "unk_token": {"__type": "AddedToken", **_special("<unk>", lisa)},
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    # LLaVA/GLaMM training sets pad = unk before save_pretrained, which lands here (not in the config).
+    # LLaVA-style training sets pad = unk before save_pretrained, which lands here (not in the config).
     special = {
-        "bos_token": _special("<s>"),
-        "eos_token": _special("</s>"),
+        "bos_token": _special("<s>", lisa),
+        "eos_token": _special("</s>", lisa),
         "pad_token": "<unk>",
-        "unk_token": _special("<unk>"),
+        "unk_token": _special("<unk>", lisa),
     }
     (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
     return added

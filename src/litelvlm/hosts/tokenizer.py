@@ -1,10 +1,11 @@
-"""GLaMM's conversation text and its reference tokenization (spec glamm.md sections 4 and 5).
+"""The slow LLaMA tokenizer as the hosts ran it (transformers 4.28-4.31), rebuilt on SentencePiece.
 
-GLaMM ran with a transformers 4.27/4.28 development build whose slow `LlamaTokenizer` tokenizes differently
-from any modern one: added tokens are no-split tokens with the whitespace around them stripped, and every text
-piece between special tokens is SentencePiece-encoded on its own, with the dummy "▁" prefix. The position of the
-token just before each [SEG] depends on this, so `GlammTokenizer` reproduces it with the SentencePiece model
-directly instead of relying on transformers.
+GLaMM (a transformers 4.28 development build) and LISA (4.31, `legacy=True`) tokenized differently from any
+modern transformers: every added token from added_tokens.json (`<im_start>`, `<im_end>`, `[SEG]`, ...) is a
+no-split token with the whitespace on both sides stripped, and every text piece between special tokens is
+SentencePiece-encoded on its own, with the dummy "▁" prefix. The position of the token just before each [SEG]
+depends on this, so `LegacyLlamaTokenizer` reproduces it with the SentencePiece model directly instead of
+relying on the installed transformers.
 """
 
 from __future__ import annotations
@@ -12,96 +13,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LiteLVLMError
-from ..prompts import ANSWER_LIST, SEG_QUESTIONS, question
-from .llm import IMAGE_TOKEN_INDEX  # noqa: F401  (re-exported: part of this module's vocabulary)
+from .conversation import IM_END, IM_START, IMAGE_TOKEN, SEG
+from .llm import IMAGE_TOKEN_INDEX
 
-IGNORE_INDEX = -100
-IMAGE_TOKEN = "<image>"
-IM_START, IM_END, SEG = "<im_start>", "<im_end>", "[SEG]"
-ADDED_TOKENS = ("<im_start>", "<im_end>", "<bbox>", "<point>", "[SEG]", "<p>", "</p>")  # in id order
-SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
-IMAGE_PREFIX = "The <image> provides an overview of the picture.\n"
-ROLES = ("USER", "ASSISTANT")
-SEPS = (" ", "</s>")  # llava_v1: SeparatorStyle.TWO, sep and sep2
 MODES = ("reference", "modern")
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One exchange. `answer` None: the model must write it (a generation prompt; only the last turn)."""
-
-    question: str
-    answer: str | None
-
-
-def render_conversation(turns: Sequence[Turn], image: bool = True) -> str:
-    """The llava_v1 prompt (SeparatorStyle.TWO) of GLaMM's RefSeg data: system + " ", then per message i
-    role + ": " + text + (" " if i is even else "</s>"). The first question gets IMAGE_PREFIX when `image`, and
-    every "<image>" becomes "<im_start><image><im_end>" (mm_use_im_start_end). A last turn whose answer is None
-    ends the string with "ASSISTANT:", the generation prompt."""
-    if not turns:
-        raise LiteLVLMError("render_conversation needs at least one Turn; pass one per expression.")
-    for index, turn in enumerate(turns[:-1]):
-        if turn.answer is None:
-            raise LiteLVLMError(
-                f"turn {index} has answer None, but only the last turn may be left for the model to write; "
-                "give it an answer or make it the last turn."
-            )
-    messages: list[tuple[str, str | None]] = []
-    for index, turn in enumerate(turns):
-        text = IMAGE_PREFIX + turn.question if image and index == 0 else turn.question
-        messages += [(ROLES[0], text), (ROLES[1], turn.answer)]
-    prompt = SYSTEM + SEPS[0]
-    for index, (role, text) in enumerate(messages):
-        if text:  # llava's `if message:`: an empty or missing message renders as "ROLE:" alone
-            prompt += role + ": " + text + SEPS[index % 2]
-        else:
-            prompt += role + ":"
-    return prompt.replace(IMAGE_TOKEN, IM_START + IMAGE_TOKEN + IM_END) if image else prompt
-
-
-def build_turns(
-    expressions: Sequence[str],
-    question_templates: Sequence[int],
-    answer_templates: Sequence[int | None] | None,
-) -> list[Turn]:
-    """One Turn per expression: question = SEG_QUESTIONS[template] with the stripped, lower-cased expression;
-    answer = ANSWER_LIST[template], or None (generation) where `answer_templates` or its entry is None."""
-    if isinstance(expressions, str):
-        raise LiteLVLMError(
-            f"expressions must be a list of strings, got the string {expressions!r}; wrap it."
-        )
-    if len(question_templates) != len(expressions):
-        raise LiteLVLMError(
-            f"got {len(question_templates)} question templates for {len(expressions)} expressions; "
-            "give one template index per expression."
-        )
-    answers = [None] * len(expressions) if answer_templates is None else list(answer_templates)
-    if len(answers) != len(expressions):
-        raise LiteLVLMError(
-            f"got {len(answers)} answer templates for {len(expressions)} expressions; "
-            "give one per expression, or None."
-        )
-    for name, templates, table in (
-        ("question", question_templates, SEG_QUESTIONS),
-        ("answer", answers, ANSWER_LIST),
-    ):
-        for template in templates:
-            if template is not None and not (isinstance(template, int) and 0 <= template < len(table)):
-                raise LiteLVLMError(
-                    f"{name} template {template!r} is out of range; use an index from 0 to {len(table) - 1}."
-                )
-    return [
-        Turn(question(expression, q), None if a is None else ANSWER_LIST[a])
-        for expression, q, a in zip(expressions, question_templates, answers)
-    ]
 
 
 def _read_json(path: Path) -> dict:
@@ -122,11 +40,13 @@ def _token_content(value, default: str) -> str:
     return value["content"] if isinstance(value, dict) else str(value)
 
 
-class GlammTokenizer:
-    """The slow LLaMA SentencePiece tokenizer of a GLaMM checkpoint plus its 7 added tokens, with the reference
-    (transformers 4.28-era) tokenization of spec section 4: no-split added tokens with surrounding whitespace
-    stripped, every text piece SentencePiece-encoded on its own (with the dummy '▁' prefix), '</s>' split out
-    as eos (not stripped).
+class LegacyLlamaTokenizer:
+    """The slow LLaMA SentencePiece tokenizer of a host checkpoint plus its added tokens, with the reference
+    (transformers 4.28-4.31) tokenization: no-split added tokens with surrounding whitespace stripped, every text
+    piece SentencePiece-encoded on its own (with the dummy '▁' prefix), '</s>' split out as eos (not stripped).
+
+    required_tokens: added tokens the host needs (at least `<im_start>`, `<im_end>`, `[SEG]`); host_name names
+    the host in messages.
 
     mode "modern" tokenizes with transformers' LlamaTokenizer (legacy=False) loaded from the same files instead,
     to study the difference; decode and the ids of special tokens are shared."""
@@ -142,6 +62,8 @@ class GlammTokenizer:
         model_max_length: int = 1536,
         mode: str = "reference",
         hf_tokenizer=None,
+        required_tokens: Sequence[str] = (IM_START, IM_END, SEG),
+        host_name: str = "host",
     ):
         if mode not in MODES:
             raise LiteLVLMError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")
@@ -160,14 +82,14 @@ class GlammTokenizer:
                 )
             ids[name] = index
         self.bos_id, self.eos_id, self.unk_id = ids["bos"], ids["eos"], ids["unk"]
-        self.pad_id = self.unk_id  # GLaMM's eval: tokenizer.pad_token = tokenizer.unk_token
+        self.pad_id = self.unk_id  # the hosts' evaluation: tokenizer.pad_token = tokenizer.unk_token
         self.bos_token, self.eos_token, self.unk_token = bos_token, eos_token, unk_token
 
-        missing = [token for token in ADDED_TOKENS if token not in added_tokens]
+        missing = [token for token in required_tokens if token not in added_tokens]
         if missing:
             raise LiteLVLMError(
-                f"added_tokens.json lacks {', '.join(missing)}; use the GLaMM checkpoint's added_tokens.json "
-                f"(it maps {', '.join(ADDED_TOKENS)} to ids from the SentencePiece size up)."
+                f"added_tokens.json lacks {', '.join(missing)}; use the {host_name} checkpoint's added_tokens.json "
+                f"(it maps {', '.join(required_tokens)} to ids from the SentencePiece size up)."
             )
         ordered = sorted(added_tokens.items(), key=lambda item: item[1])
         expected = list(range(self.sp_vocab_size, self.sp_vocab_size + len(ordered)))
@@ -184,8 +106,8 @@ class GlammTokenizer:
         self.im_end_id = self.added_tokens[IM_END]
         self._added_by_id = {index: token for token, index in ordered}
 
-        # The no-split tokens of the 4.28 slow tokenizer. Tokens from added_tokens.json were plain strings, so
-        # the whitespace on both sides was stripped; bos/eos/unk were AddedTokens with lstrip = rstrip = False.
+        # The no-split tokens of the 4.28-4.31 slow tokenizer. Tokens from added_tokens.json were plain strings,
+        # so the whitespace on both sides was stripped; bos/eos/unk were AddedTokens with lstrip = rstrip = False.
         self._strip = {token: True for token in self.added_tokens}
         self._strip.update({bos_token: False, eos_token: False, unk_token: False})
         self._special_ids = {
@@ -199,9 +121,15 @@ class GlammTokenizer:
         self._split = re.compile("(" + "|".join(re.escape(token) for token in alternatives) + ")")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, mode: str = "reference") -> GlammTokenizer:
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        mode: str = "reference",
+        required_tokens: Sequence[str] = (IM_START, IM_END, SEG),
+        host_name: str = "host",
+    ) -> LegacyLlamaTokenizer:
         """Read tokenizer.model and added_tokens.json (required) and tokenizer_config.json /
-        special_tokens_map.json (optional) of a GLaMM checkpoint directory."""
+        special_tokens_map.json (optional) of a host checkpoint directory."""
         import sentencepiece as spm
 
         if mode not in MODES:
@@ -210,12 +138,13 @@ class GlammTokenizer:
         model_file = directory / "tokenizer.model"
         if not model_file.is_file():
             raise LiteLVLMError(
-                f"{model_file} is missing; point at a GLaMM checkpoint directory holding tokenizer.model."
+                f"{model_file} is missing; point at a {host_name} checkpoint directory holding tokenizer.model."
             )
         added_file = directory / "added_tokens.json"
         if not added_file.is_file():
             raise LiteLVLMError(
-                f"{added_file} is missing; copy added_tokens.json (the 7 GLaMM tokens) from the checkpoint."
+                f"{added_file} is missing; copy added_tokens.json (the {host_name} tokens "
+                f"{', '.join(required_tokens)}) from the checkpoint."
             )
         added = _read_json(added_file)
         for token, index in added.items():
@@ -247,6 +176,8 @@ class GlammTokenizer:
             model_max_length=int(config.get("model_max_length", 1536)),
             mode=mode,
             hf_tokenizer=hf_tokenizer,
+            required_tokens=required_tokens,
+            host_name=host_name,
         )
 
     # -- encoding ---------------------------------------------------------------------------------------------
@@ -274,11 +205,11 @@ class GlammTokenizer:
         one BOS, each chunk without its BOS, and a single IMAGE_TOKEN_INDEX between consecutive chunks.
 
         Whitespace around "<image>": none is stripped beyond what encode() does. "<image>" is not a token of
-        the GLaMM tokenizer, it is cut out of the string before tokenization, so each chunk is encoded as a
+        the hosts' tokenizers, it is cut out of the string before tokenization, so each chunk is encoded as a
         string of its own: chunk 1 ends with "<im_start>" and chunk 2 starts with "<im_end>", both added tokens
         with nothing on their image side. The ids are therefore exactly those of encoding the whole prompt
         with "<image>" as one more no-split token. (Without the <im_start>/<im_end> wrap, "The <image> provides"
-        would keep a trailing "▁" at the end of chunk 1 and a "▁▁provides" in chunk 2; GLaMM never does that.)"""
+        would keep a trailing "▁" at the end of chunk 1 and a "▁▁provides" in chunk 2; no host does that.)"""
         chunks = [self.encode(chunk) for chunk in prompt.split(IMAGE_TOKEN)]
         ids: list[int] = []
         offset = 0
@@ -310,7 +241,7 @@ class GlammTokenizer:
         """Text of generated ids: stops at the first eos, drops bos and pad, renders added tokens (and -200) by
         name. Each text run is SentencePiece-decoded (its dummy '▁' dropped); parts are joined by one space,
         except before text that starts with punctuation, which gives back ANSWER_LIST's spelling
-        ("Sure, it is [SEG].") and GLaMM's GCG style ("<p> man </p> [SEG]")."""
+        ("Sure, it is [SEG].") and grounded captions ("<p> man </p> [SEG]")."""
         parts: list[str] = []
         run: list[int] = []
 

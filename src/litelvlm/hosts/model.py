@@ -1,0 +1,158 @@
+"""The grounding model on transformers modules, and the streaming loader of a host's checkpoint.
+
+`GroundingModel` holds what every host stores in its checkpoint: a `LlamaForCausalLM`, the projector (whose shape
+the host decides), `text_hidden_fcs` (Linear, ReLU, Linear: the `[SEG]` state -> SAM's prompt embedding) and SAM
+ViT-H. Checkpoint keys map onto it the same way for every host, given the host's SAM prefix:
+
+| checkpoint key                           | our module                                   |
+|------------------------------------------|----------------------------------------------|
+| model.embed_tokens / layers.* / norm     | llm.model.*                                  |
+| lm_head                                  | llm.lm_head                                  |
+| model.mm_projector.*                     | projector.*                                  |
+| model.text_hidden_fcs.0.*                | text_hidden_fcs.*                            |
+| <sam prefix>* (Meta SAM names)           | sam.* (renamed by `meta_to_hf_sam_key`)      |
+| host.skipped_prefixes, rotary inv_freq   | skipped, never read into memory              |
+
+The CLIP vision tower is not in the checkpoints; the predictor loads it from its own directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import LiteLVLMError
+from .checkpoint_files import iter_shards, tensor_shapes, weight_files
+from .host import Host, HostConfig
+from .sam import build_grounding_sam, infer_sam_overrides, meta_to_hf_sam_key
+
+EMBEDDINGS_KEY = "model.embed_tokens.weight"
+
+
+class GroundingModel(nn.Module):
+    """A host's trained modules: llm, projector, text_hidden_fcs, sam (CLIP lives in the predictor's scorer)."""
+
+    def __init__(self, host: Host, config: HostConfig, vocab_size: int | None = None) -> None:
+        super().__init__()
+        from transformers import LlamaForCausalLM
+
+        self.host = host
+        self.config = config
+        llama = config.llama_config(vocab_size)
+        hidden = llama.hidden_size
+        self.llm = LlamaForCausalLM(llama)
+        self.projector = host.build_projector(config.mm_hidden_size, hidden)
+        self.text_hidden_fcs = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, config.out_dim), nn.Dropout(0.0)
+        )
+        self.sam = build_grounding_sam(**(config.sam or {}))
+
+    @property
+    def device(self) -> torch.device:
+        return self.text_hidden_fcs[0].weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text_hidden_fcs[0].weight.dtype
+
+
+def checkpoint_key_targets(host: Host, key: str) -> list[str] | None:
+    """Our parameter name(s) for a checkpoint key; None for keys the host skips; [] for unknown keys."""
+    if key.startswith(host.skipped_prefixes) or key.endswith("rotary_emb.inv_freq"):
+        return None
+    if key.startswith(host.sam_prefix):
+        mapped = meta_to_hf_sam_key(key[len(host.sam_prefix) :])
+        return ["sam." + name for name in ([mapped] if isinstance(mapped, str) else mapped)]
+    if key.startswith("model.mm_projector."):
+        return ["projector." + key[len("model.mm_projector.") :]]
+    if key.startswith("model.text_hidden_fcs.0."):
+        return ["text_hidden_fcs." + key[len("model.text_hidden_fcs.0.") :]]
+    if key.startswith(("lm_head.", "model.")):
+        return ["llm." + key]
+    return []
+
+
+def load_grounding_model(
+    directory: str | Path,
+    host: Host,
+    config: Mapping,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+) -> GroundingModel:
+    """Build the host's model empty, then stream the checkpoint in shard by shard (cast to `dtype` on `device`).
+
+    `config` is the directory's config.json. Missing, unknown or mis-shaped keys raise `LiteLVLMError` naming
+    the first few; nothing is left randomly initialised. Skipped tensors are never read.
+    """
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+
+    directory = Path(directory)
+    parsed = host.parse_config(config, f"{directory}/config.json")
+    files = weight_files(directory)
+    shapes = tensor_shapes(files, lambda key: key.startswith((host.sam_prefix, EMBEDDINGS_KEY)))
+    if EMBEDDINGS_KEY not in shapes:
+        raise LiteLVLMError(
+            f"{str(directory)!r} has no {EMBEDDINGS_KEY}; it is not a {host.display_name} checkpoint."
+        )
+    parsed = replace(parsed, sam=infer_sam_overrides(shapes, host.sam_prefix))
+    with init_empty_weights(include_buffers=False):
+        model = GroundingModel(host, parsed, vocab_size=shapes[EMBEDDINGS_KEY][0])
+    expected = dict(model.state_dict(keep_vars=True))
+    loaded: set[str] = set()
+    unexpected: list[str] = []
+    for shard in iter_shards(files, wanted=lambda key: checkpoint_key_targets(host, key) is not None):
+        for key, tensor in shard.items():
+            targets = checkpoint_key_targets(host, key)
+            if not targets or any(target not in expected for target in targets):
+                unexpected.append(key)
+                continue
+            for target in targets:
+                if tuple(expected[target].shape) != tuple(tensor.shape):
+                    raise LiteLVLMError(
+                        f"checkpoint tensor {key!r} has shape {tuple(tensor.shape)} but {host.display_name} "
+                        f"expects {tuple(expected[target].shape)}; the checkpoint does not match its config.json."
+                    )
+                set_module_tensor_to_device(model, target, device, value=tensor, dtype=dtype)
+                loaded.add(target)
+        del shard
+    if unexpected:
+        raise LiteLVLMError(
+            f"the checkpoint has {len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}; "
+            f"it is not a {host.display_name} checkpoint this loader understands."
+        )
+    missing = [name for name in expected if name not in loaded]
+    if missing:
+        raise LiteLVLMError(
+            f"the checkpoint lacks {len(missing)} weight(s), e.g. {', '.join(missing[:3])}; "
+            "it is incomplete (re-download it) — nothing is initialised at random."
+        )
+    return model.to(device).eval()
+
+
+def random_grounding_model(
+    host: Host, config: HostConfig, *, dtype: torch.dtype = torch.bfloat16, device="cpu", seed: int = 0
+) -> GroundingModel:
+    """The host's model with random weights made directly in `dtype` on `device`, one tensor at a time
+    (benchmarks: speed and memory do not depend on weight values, and a full-size model never exists in
+    float32)."""
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+
+    with init_empty_weights(include_buffers=False):
+        model = GroundingModel(host, config)
+    generator = torch.Generator().manual_seed(seed)
+    for name, parameter in list(model.named_parameters()):
+        if parameter.ndim == 1:  # norm scales 1, biases 0
+            value = torch.full(parameter.shape, 1.0 if name.endswith("weight") else 0.0, dtype=dtype)
+        else:  # unit-variance activations whatever the width
+            value = (
+                torch.randn(parameter.shape, generator=generator, dtype=dtype) / parameter[0].numel() ** 0.5
+            )
+        set_module_tensor_to_device(model, name, device, value=value, dtype=dtype)
+    return model.to(device).eval()

@@ -1,0 +1,78 @@
+"""The registered hosts, and which one a checkpoint directory holds (read from the checkpoint itself)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..checkpoints import hub_error, looks_like_hub_id, read_config, resolve_checkpoint
+from ..errors import LiteLVLMError
+from .checkpoint_files import tensor_shapes, weight_files
+from .glamm import GlammHost
+from .host import Host
+from .lisa import LisaHost
+
+HOSTS: dict[str, Host] = {host.name: host for host in (GlammHost(), LisaHost())}
+WHAT = "checkpoint"  # how messages name a --model directory
+
+
+def list_hosts() -> list[str]:
+    return list(HOSTS)
+
+
+def get_host(name: str) -> Host:
+    try:
+        return HOSTS[name]
+    except KeyError:
+        raise LiteLVLMError(f"unknown host {name!r}; choose one of: {', '.join(HOSTS)}.") from None
+
+
+def local_checkpoint_dir(path_or_id: str | os.PathLike) -> str:
+    """A local directory for a checkpoint given as a directory or a hub id (downloaded by the hub client)."""
+    name = resolve_checkpoint(path_or_id, "model checkpoint", "--model")
+    if os.path.isdir(name):
+        return name
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name)
+    except Exception as error:  # noqa: BLE001 - any hub failure gets the same advice
+        if looks_like_hub_id(name):
+            raise hub_error(name, "model checkpoint", "--model", error) from None
+        raise
+
+
+def detect_host(directory: str | os.PathLike) -> tuple[Host, dict]:
+    """(host, config.json) of a local checkpoint directory: by config.json's `architectures`, else (a config
+    without that field) by where the weights keep SAM. Unsupported layouts and unknown models are one clear
+    sentence each."""
+    directory = Path(directory)
+    config = read_config(str(directory), "model checkpoint", "--model")
+    for host in HOSTS.values():
+        reason = host.unsupported_layout(directory, config)
+        if reason:
+            raise LiteLVLMError(reason)
+    found = [host for host in HOSTS.values() if host.matches(config)]
+    if not found and not config.get("architectures"):
+        found = [host for host in HOSTS.values() if host.sam_prefix in _sam_prefixes(directory)]
+    if len(found) == 1:
+        return found[0], config
+    first, *others = HOSTS.values()
+    described = f"architectures {config.get('architectures')!r}, model_type {config.get('model_type')!r}"
+    raise LiteLVLMError(
+        f"{str(directory)!r} is not a {first.display_name} checkpoint, nor a "
+        + ", nor a ".join(host.display_name for host in others)
+        + f" one (its config.json has {described}); pass a directory such as "
+        + " or ".join(host.example_checkpoint for host in HOSTS.values())
+        + " with --model."
+    )
+
+
+def _sam_prefixes(directory: Path) -> set[str]:
+    """Where a checkpoint keeps SAM (the prefix before its mask decoder), from its weights; empty if it has none."""
+    try:
+        files = weight_files(directory)
+    except LiteLVLMError:
+        return set()
+    marker = "mask_decoder.iou_token.weight"
+    return {key[: -len(marker)] for key in tensor_shapes(files, lambda key: key.endswith(marker))}
