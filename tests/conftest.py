@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from litelvlm.testing import make_tiny_clip, make_tiny_glamm  # noqa: E402
+from litelvlm.testing import make_tiny_clip, make_tiny_glamm, make_tiny_lisa  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +19,20 @@ def tiny_clip_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_glamm_dir(tmp_path_factory):
     return make_tiny_glamm(tmp_path_factory.mktemp("tiny-glamm"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_lisa_dir(tmp_path_factory):
+    """LISA-7B-v1's layout: [SEG] is the 4th added token; CLIP at 224 px, 256 patches."""
+    return make_tiny_lisa(tmp_path_factory.mktemp("tiny-lisa"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def lisa_predictor(tiny_lisa_dir):
+    """The tiny LISA in float32, shared by the LISA tests."""
+    from litelvlm.hosts import GroundingPredictor
+
+    return GroundingPredictor.from_pretrained(tiny_lisa_dir, dtype=torch.float32, device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +70,8 @@ def image_file(tmp_path):
 
 
 def capture_seg_states(predictor, expressions, **predict_options):
-    """Run predict() and return (prediction, rows fed to text_hidden_fcs [n, H], final hidden states [L, H])."""
+    """Run predict() and return (prediction, rows fed to text_hidden_fcs [n, H], final hidden states [L, H] of the
+    first sequence)."""
     captured = {}
     model = predictor.model
     hooks = [

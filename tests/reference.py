@@ -135,3 +135,32 @@ def glamm_reference_logits(predictor, image, expressions, question_templates, an
         sam_pixels, resized, original = sam_preprocess(image)
         embedding = model.sam.embed_image(sam_pixels[None])
         return postprocess_masks(model.sam.decode(embedding, prompts), resized, original)
+
+
+def lisa_reference_logits(predictor, image, expression):
+    """LISA's unpruned evaluation as its code does it, for one image and one sentence: CLIP (224 px)
+    hidden_states[-2] patches -> linear projector -> splice all 256 -> LlamaModel -> LISA's constant-offset [SEG]
+    mask ([255 x False] + (ids[1:] == SEG) + [False]) -> text_hidden_fcs -> SAM. The prompt is written out
+    literally, with the "\\n " of LISA's validation set. Returns mask logits [1, H, W]."""
+    from litelvlm.hosts.conversation import SYSTEM
+    from litelvlm.hosts.sam import postprocess_masks, sam_preprocess
+
+    model, tokenizer, clip = predictor.model, predictor.tokenizer, predictor.scorer.model
+    prompt = (
+        f"{SYSTEM} USER: <im_start><image><im_end>\n What is {expression.strip().lower()} in this image? "
+        "Please output segmentation mask. ASSISTANT: [SEG].</s>"
+    )
+    with torch.no_grad():
+        pixels = predictor.scorer.preprocess([image]).to(clip.dtype)
+        hidden = clip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+        visual = model.projector(hidden[0, 1:].to(model.dtype))
+        ids = tokenizer.encode_with_image(prompt)
+        at = ids.index(-200)
+        embed = model.llm.model.embed_tokens
+        embeds = torch.cat([embed(torch.tensor(ids[:at])), visual, embed(torch.tensor(ids[at + 1 :]))])
+        states = model.llm.model(inputs_embeds=embeds[None]).last_hidden_state[0]
+        seg_mask = [False] * 255 + [token == tokenizer.seg_id for token in ids[1:]] + [False]
+        prompts = model.text_hidden_fcs(states[torch.tensor(seg_mask)])
+        sam_pixels, resized, original = sam_preprocess(image)
+        embedding = model.sam.embed_image(sam_pixels[None])
+        return postprocess_masks(model.sam.decode(embedding, prompts), resized, original)

@@ -1,0 +1,136 @@
+"""The predictor's data path and public API, whatever the host: work done once, one clear error per misuse."""
+
+import pytest
+import torch
+
+import litelvlm.scoring
+from conftest import random_image
+from litelvlm.errors import LiteLVLMError
+
+
+class Counter:
+    """Counts calls of a function it wraps."""
+
+    def __init__(self, function):
+        self.function, self.calls = function, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.function(*args, **kwargs)
+
+
+@pytest.fixture
+def counted(monkeypatch, predictor):
+    """Call counters of CLIP's derived image scores: context, CLS attention, patch projection, vision layers."""
+    counters = {
+        name: Counter(getattr(litelvlm.scoring, name)) for name in ("context_contribution", "cls_attention")
+    }
+    for name, counter in counters.items():
+        monkeypatch.setattr(litelvlm.scoring, name, counter)
+    clip = predictor.scorer.model
+    projection, first_layer = Counter(None), Counter(None)
+    hooks = [
+        clip.visual_projection.register_forward_hook(
+            lambda *_: setattr(projection, "calls", projection.calls + 1)
+        ),
+        clip.vision_model.encoder.layers[0].register_forward_hook(
+            lambda *_: setattr(first_layer, "calls", first_layer.calls + 1)
+        ),
+    ]
+    counters.update(projection=projection, vision_pass=first_layer)
+    yield counters
+    for hook in hooks:
+        hook.remove()
+
+
+def calls(counters):
+    return {name: counter.calls for name, counter in counters.items()}
+
+
+def test_clip_scores_are_computed_once_per_set_of_images(predictor, counted):
+    predictor.set_image([random_image(31, 200, 150), random_image(32, 160, 220)])
+    assert calls(counted) == {
+        "context_contribution": 0,
+        "cls_attention": 0,
+        "projection": 0,
+        "vision_pass": 1,
+    }
+    # 5 expressions on image 0 (two conversations) and one on image 1: one computation for both images.
+    texts = [["a", "b", "c", "d", "e"], ["f"]]
+    first = predictor.predict_batch(texts, budget=40, method="litelvlm")
+    assert calls(counted) == {
+        "context_contribution": 1,
+        "cls_attention": 0,
+        "projection": 1,
+        "vision_pass": 1,
+    }
+    again = predictor.predict_batch(texts, budget=40, method="litelvlm")
+    predictor.predict_batch(texts, budget=40, method="visionzip")
+    predictor.predict_batch(texts, budget=40, method="cls_attention")
+    assert calls(counted) == {
+        "context_contribution": 1,
+        "cls_attention": 1,
+        "projection": 1,
+        "vision_pass": 1,
+    }
+    assert [r.indices for p in first for r in p.results] == [r.indices for p in again for r in p.results]
+    predictor.set_image(random_image(33))
+    predictor.predict(["a"], budget=40)
+    assert calls(counted)["context_contribution"] == 2 and calls(counted)["vision_pass"] == 2
+
+
+def test_scores_gathered_per_conversation_equal_scores_of_each_image_alone(predictor):
+    pictures = [random_image(34, 180, 180), random_image(35, 240, 150)]
+    predictor.set_image(pictures)
+    rows = torch.tensor([1, 0, 1])
+    gathered = predictor.scorer.score(
+        [["x"], ["y"], ["z"]], "litelvlm", predictor._images.features, rows=rows
+    )
+    for row, (image, text) in enumerate(zip([1, 0, 1], ["x", "y", "z"])):
+        alone = predictor.scorer.score([text], "litelvlm", predictor.scorer.set_image(pictures[image]))
+        torch.testing.assert_close(gathered.context[row], alone.context[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gathered.similarity[row], alone.similarity[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_prompt_is_tokenised_once_per_conversation(predictor, monkeypatch):
+    tokenizer = predictor.tokenizer
+    counter = Counter(tokenizer.encode_with_image)
+    monkeypatch.setattr(tokenizer, "encode_with_image", counter)
+    predictor.set_image(random_image(36))
+    predictor.predict(["a", "b", "c", "d"], budget=32, method="litelvlm")
+    assert counter.calls == 2  # two conversations (3 + 1 expressions)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda p: p.predict(["a"], method="random", order="paper"),
+            "'random' takes no option 'order'; its options are: seed",
+        ),
+        (
+            lambda p: p.predict(["a"], method="uniform", seed=3),
+            "'uniform' takes no option 'seed'; its options are: none",
+        ),
+        (lambda p: p.predict(["a"], method="fastv", order="raster"), "'fastv' takes no option 'order'"),
+        (lambda p: p.predict("a dog"), "list of expression strings"),
+        (lambda p: p.predict([["a"]]), "predict_batch"),
+        (lambda p: p.predict_batch(["a", "b"]), "one list of expressions per set image"),
+        (lambda p: p.predict_batch([["a"], ["b"]]), "2 image"),
+        (lambda p: p.predict([]), "no expressions"),
+        (lambda p: p.predict(["  "]), "empty"),
+        (lambda p: p.predict(["a"], budget=0), "at least 1"),
+        (lambda p: p.predict(["a"], budget=2.5), "whole number"),
+        (lambda p: p.predict(["a"], full_budget="all"), "full_budget"),
+        (lambda p: p.predict(["a"], text_source="captions"), "text_source"),
+        (lambda p: p.predict(["a"], turns_per_conversation=4), "from 1 to 3 for GLaMM"),
+        (lambda p: p.predict(["a", "b"], question_templates=[1]), "1 question templates for 2 expressions"),
+        (lambda p: p.predict(["a"], answer_templates=[9]), "answer template 9 is out of range"),
+        (lambda p: p.predict(["a"], method="nope"), "unknown method 'nope'"),
+        (lambda p: p.predict(["a"], generate_answer=True, max_new_tokens=0), "max_new_tokens"),
+    ],
+)
+def test_misuse_is_one_clear_error(predictor, call, message):
+    predictor.set_image(random_image(37))
+    with pytest.raises(LiteLVLMError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call(predictor)
