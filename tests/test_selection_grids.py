@@ -226,34 +226,6 @@ def test_litelvlm_keeps_each_texts_lowest_similarity_patches(grid, order):
 # schedules, which SparseVLM reports as those averages without meeting them exactly.
 PUBLISHED_SPARSEVLM = {(576, 32, 64), (576, 32, 128), (576, 32, 192)}
 
-SPARSEVLM_SHALLOW = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: at 4 layers scaled_layer maps SparseVLM's layers 2 and 6 both to layer 1; _fit_ratio scores "
-        "the duplicate layer with the later keep N*r^2, but the plan keeps the first step N*r and drops the "
-        "second, so the average exceeds the budget (256 tokens: 67.25/142.5/200 for 64/128/192; "
-        "576 tokens: 227.25 for 192)"
-    ),
-)
-PDROP_FINAL_ABOVE_N = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: pdrop budget_mode='final' with budget > num_visual computes ratio (budget/N)^(1/3) > 1 and "
-        "raises 'pdrop ratio must lie in [0, 1]' (a ratio the caller never passed) instead of an empty plan "
-        "like fastv and sparsevlm"
-    ),
-)
-
-
-def plan_marks(method, num_visual, num_layers, budget, mode):
-    if method == "sparsevlm" and num_layers == 4 and mode == "average":
-        reachable = budget >= num_visual // 4  # layer 1 onwards prunable: layer 0 alone averages N/4
-        if reachable and budget < num_visual:
-            return [SPARSEVLM_SHALLOW]
-    if method == "pdrop" and mode == "final" and budget > num_visual:
-        return [PDROP_FINAL_ABOVE_N]
-    return []
-
 
 def plan_cases():
     for method in LLM:
@@ -267,7 +239,6 @@ def plan_cases():
                             num_layers,
                             budget,
                             mode,
-                            marks=plan_marks(method, num_visual, num_layers, budget, mode),
                             id=f"{method}-{num_visual}-L{num_layers}-{budget}-{mode}",
                         )
 
@@ -321,15 +292,6 @@ def test_pdrop_early_stages_meet_the_default_stage_floor(num_visual):
     assert plan.tokens_per_layer(32, num_visual)[-1] >= budget // 4, plan
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: pdrop keeps its default 8/16/24 stages whenever budget >= their unpruned floor (N/4 at 32 "
-        "layers), so at that boundary the fitted ratio is 0 and every stage keeps 1 token; at 576 the "
-        "boundary is 144, but at LISA's 256 tokens it is the standard budget 64, planned as "
-        "[(8, 1), (16, 1), (24, 1)] although the early stages 2/6/12 meet it with (128, 64, 32)"
-    ),
-)
 @pytest.mark.parametrize("num_visual", [256, 576])
 def test_pdrop_does_not_collapse_at_its_default_stage_floor(num_visual):
     budget = num_visual // 4

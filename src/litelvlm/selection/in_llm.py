@@ -134,21 +134,25 @@ def pdrop_plan(
     """PyramidDrop: at each stage boundary keep N * ratio^i visual tokens, ranked by the attention of the last
     instruction token. `ratio` (lambda; PDrop's default 0.5) overrides the budget when given; otherwise it is
     fitted so the average (or final) token count meets the budget. `layers` refer to 32 layers and scale; by
-    default 8/16/24, or 2/6/12 when 8 unpruned layers alone exceed the average budget."""
+    default 8/16/24, or 2/6/12 when the average budget leaves the later stages nothing to keep (with 8
+    unpruned layers, every stage's fitted share would round to no token)."""
     _check_mode(budget_mode)
     candidates = [layers] if layers is not None else [PDROP_LAYERS, PDROP_EARLY_LAYERS]
+    fixed = ratio is not None or budget_mode == "final"
     for choice in candidates:
         stages = sorted({scaled_layer(layer, num_layers) for layer in choice})
         minimum = _average(stages, [0] * len(stages), num_layers, num_visual)
-        if ratio is not None or budget_mode == "final" or budget >= minimum:
+        if fixed:
             break
+        if budget >= minimum:
+            ratio = _fit_ratio(stages, budget, num_layers, num_visual)
+            if round(num_visual * ratio ** len(stages)) >= 1:  # no stage left with nothing to keep
+                break
+            ratio = None
     else:
         raise _unreachable("pdrop", budget, minimum)
-    if ratio is None:
-        if budget_mode == "final":
-            ratio = (budget / num_visual) ** (1 / len(stages))
-        else:
-            ratio = _fit_ratio(stages, budget, num_layers, num_visual)
+    if ratio is None:  # budget_mode "final": the deepest stage keeps the budget (all of it: no pruning)
+        ratio = (min(budget, num_visual) / num_visual) ** (1 / len(stages))
     if not 0.0 <= ratio <= 1.0:
         raise LiteLVLMError(f"pdrop ratio must lie in [0, 1], got {ratio}.")
     keeps = [max(1, round(num_visual * ratio ** (i + 1))) for i in range(len(stages))]
@@ -173,7 +177,8 @@ def sparsevlm_plan(
     _check_mode(budget_mode)
     if not 0.0 <= recycle_ratio < 1.0:
         raise LiteLVLMError(f"sparsevlm recycle_ratio must lie in [0, 1), got {recycle_ratio}.")
-    stages = [scaled_layer(layer, num_layers) for layer in SPARSEVLM_LAYERS]
+    # Shallow models can map two published layers onto one; each layer prunes once.
+    stages = sorted({scaled_layer(layer, num_layers) for layer in SPARSEVLM_LAYERS})
     published = SPARSEVLM_SCHEDULES.get(budget)
     if budget_mode == "average" and published and num_layers == REFERENCE_LAYERS and num_visual == 576:
         keeps = list(published)
