@@ -131,7 +131,8 @@ def test_grounding_sam_switches_encoder_forward():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mlp_with_gelu_fused_into_lin1_matches_the_module(dtype, monkeypatch):
+def test_private_kernel_switch_flips_the_mlp_path_and_both_agree(dtype, monkeypatch):
+    """LITELVLM_PRIVATE_KERNELS=0 must keep the private oneDNN op out of the forward; both paths match the module."""
     from litelvlm.hosts import sam_encoder
 
     if not sam_encoder._onednn_supports(dtype):
@@ -140,11 +141,27 @@ def test_mlp_with_gelu_fused_into_lin1_matches_the_module(dtype, monkeypatch):
     _randomise(layer, seed=10)
     layer.to(dtype)
     hidden = torch.randn(2, 8, 8, 32, generator=torch.Generator().manual_seed(11)).to(dtype)
+    private_calls = []
+    original = torch.ops.mkldnn._linear_pointwise
+
+    def spy(*args):
+        private_calls.append(args[3])
+        return original(*args)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", spy)
     with torch.no_grad():
         expected = layer.mlp(hidden)
+        monkeypatch.setenv(sam_encoder.PRIVATE_KERNELS_VARIABLE, "1")
         fused = sam_encoder.mlp_forward(layer.mlp, hidden)
-        monkeypatch.setattr(sam_encoder, "_fused_linear_gelu_supported", lambda _: False)
+        assert private_calls == ["gelu"]
+        monkeypatch.setenv(sam_encoder.PRIVATE_KERNELS_VARIABLE, "0")
         plain = sam_encoder.mlp_forward(layer.mlp, hidden)
+        whole_plain = sam_encoder.layer_forward(layer, hidden)
+        assert private_calls == ["gelu"]  # no private op once switched off, in the whole block either
     tolerance = 1e-5 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(fused, expected, rtol=tolerance, atol=tolerance)
     assert torch.equal(plain, expected)
+    monkeypatch.setenv(sam_encoder.PRIVATE_KERNELS_VARIABLE, "1")
+    with torch.no_grad():
+        whole_fused = sam_encoder.layer_forward(layer, hidden)
+    torch.testing.assert_close(whole_fused, whole_plain, rtol=tolerance, atol=tolerance)

@@ -13,7 +13,10 @@ have nothing to do with its matrix products; on a 2-core CPU in bf16 this forwar
   tokens); here `qkv` runs on the real tokens and the padding gets its exact value, the `qkv` bias (Meta pads the
   LayerNorm output with zeros before `qkv`);
 - the MLP's exact GELU is a separate pass over [B, 64, 64, 5120]; on a CPU with oneDNN it runs inside the
-  `lin1` GEMM (the fused linear-pointwise kernel PyTorch's own compiler uses), 15 % faster in bf16;
+  `lin1` GEMM (the fused linear-pointwise kernel PyTorch's own compiler uses), 15 % faster in bf16. That kernel
+  is a private PyTorch op (`torch.ops.mkldnn._linear_pointwise`): it is probed once per dtype and used only when
+  it exists and agrees with the plain path; `LITELVLM_PRIVATE_KERNELS=0` turns it (and any future private fast
+  path) off;
 - its patch embedding returns a permuted (channels-first in memory) view, so the residual stream stays
   non-contiguous; here it is made contiguous once.
 
@@ -24,6 +27,7 @@ transformers' forward (fp32, 1e-5) and the whole encoder to Meta's segment-anyth
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +44,13 @@ from transformers.models.sam.modeling_sam import (
 # from cache rather than memory: 2.4x faster for a global block of ViT-H on a 2-core CPU (one head and 1,024
 # queries at a time) than 64 MB blocks, 1.4x for a windowed one (109 windows x heads at a time).
 MAX_SCORE_ELEMENTS = 2**22
+# Set to "0" to run only public PyTorch operators (the private oneDNN kernels are faster on CPUs that have them).
+PRIVATE_KERNELS_VARIABLE = "LITELVLM_PRIVATE_KERNELS"
+
+
+def private_kernels_enabled() -> bool:
+    """Whether private PyTorch kernels may be used (read at each call, so the switch takes effect at once)."""
+    return os.environ.get(PRIVATE_KERNELS_VARIABLE, "1") != "0"
 
 
 @torch.no_grad()
@@ -96,6 +107,8 @@ def mlp_forward(mlp: SamMLPBlock, hidden: Tensor) -> Tensor:
 
 
 def _fused_linear_gelu_supported(hidden: Tensor) -> bool:
+    if not private_kernels_enabled():
+        return False
     if hidden.device.type != "cpu" or hidden.dtype not in (torch.float32, torch.bfloat16):
         return False
     return _onednn_supports(hidden.dtype)
