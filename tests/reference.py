@@ -112,7 +112,7 @@ def visionzip_reference(features, keys, cls_attention, dominant, contextual):
 
 
 def glamm_reference_logits(predictor, image, expressions, question_templates, answer_templates):
-    """GLaMM's unpruned path as its code does it (spec section 7), for one image and one conversation:
+    """GLaMM's unpruned path as its code does it (groundingLMM's model/GLaMM.py), for one image and one conversation:
     CLIP hidden_states[-2] patches -> projector -> splice all 576 -> LlamaModel -> the constant-offset
     [SEG] mask of GLaMM ([575 x False] + (ids[1:] == SEG) + [False]) -> text_hidden_fcs -> SAM.
     Returns mask logits [n, H, W]."""

@@ -105,3 +105,44 @@ def test_bench_with_a_checkpoint_switches_the_sam_encoder(tiny_glamm_dir, tmp_pa
     assert main([*common, "--sam-attention", "eager"]) == 2
     err = capsys.readouterr().err
     assert "--sam-attention eager" in err and "Traceback" not in err
+
+
+def test_bench_on_lisa_runs_at_256_patches(tiny_lisa_dir, tmp_path, capsys):
+    code = main(["bench", "--model", str(tiny_lisa_dir), "--methods", "litelvlm", "--runs", "1", "--warmup", "0",
+                 "--dtype", "float32", "--no-progress", "--json", str(tmp_path / "b.json")])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["config"]["host"] == "LISA"
+    rows = {r["budget"]: r for r in report["runs"]}
+    assert list(rows) == [256, 192, 128, 64] and rows[256]["speedup_vs_full"] == 1.0
+    hidden = json.loads((tiny_lisa_dir / "config.json").read_text())["hidden_size"]
+    clip_width = json.loads((tiny_lisa_dir / "clip" / "config.json").read_text())["vision_config"][
+        "hidden_size"
+    ]
+    for budget, row in rows.items():  # LISA's projector is one Linear: one multiply-add per weight and token
+        assert row["flops"]["projector"] == 2 * budget * clip_width * hidden
+    assert rows[64]["flops"]["llm"] < rows[256]["flops"]["llm"] and rows[64]["ideal_speedup"] > 1
+
+
+def test_full_size_lisa_is_llama1_7b_with_a_linear_projector_and_clip_224(monkeypatch):
+    from litelvlm.hosts import get_host
+    from litelvlm.synthetic import models
+
+    class Built(Exception):
+        pass
+
+    def capture(host, config, **_):
+        raise Built(host, config)
+
+    monkeypatch.setattr(models, "random_grounding_model", capture)
+    with pytest.raises(Built) as built:
+        models.random_predictor(get_host("lisa"))
+    host, config = built.value.args
+    assert host.clip_image_size == 224 and host.build_projector(1024, 4096).weight.shape == (4096, 1024)
+    llama = config.llama
+    assert (llama["vocab_size"], llama["max_position_embeddings"], llama["rms_norm_eps"]) == (
+        32004,
+        2048,
+        1e-6,
+    )
+    assert (llama["hidden_size"], llama["num_hidden_layers"], config.mm_hidden_size) == (4096, 32, 1024)

@@ -293,3 +293,17 @@ def test_lisa_conversations_hold_one_expression(lisa_predictor, picture):
     lisa_predictor.set_image(picture)
     with pytest.raises(LiteLVLMError, match="from 1 to 1 for LISA"):
         lisa_predictor.predict(["a", "b"], turns_per_conversation=2)
+
+
+def test_analyze_with_lisas_224px_clip(tiny_lisa_dir, refer_root, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "analyze", "--clip", str(tiny_lisa_dir / "clip"), "--data-root",
+                             str(refer_root), "--methods", "litelvlm,uniform,visionzip", "--budgets", "16,64,300",
+                             "--protocol", "lisa", "--no-progress", "--out", str(tmp_path / "a"))  # fmt: skip
+    assert code == 0, err
+    result = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    rows = {(r["method"], r["budget"]): r for r in result["selection"]}
+    assert all(rows[(m, 300)]["count"] > 0 for m in ("litelvlm", "uniform", "visionzip"))
+    assert all(rows[(m, 300)]["referent_recall"] == 1.0 for m in ("litelvlm", "uniform", "visionzip"))
+    assert all(rows[(m, 16)]["referent_recall"] < 1.0 for m in ("litelvlm", "uniform", "visionzip"))
+    assert all(r["referent_precision"] is None or 0 <= r["referent_precision"] <= 1 for r in rows.values())
+    assert (tmp_path / "a" / "analysis.png").stat().st_size > 0

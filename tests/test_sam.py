@@ -164,7 +164,7 @@ def test_key_mapping_examples():
 
 
 def test_full_size_checkpoint_layout():
-    """The real ViT-H key set: spec §2.3 shapes and the 641,090,608 + 256 parameter count."""
+    """The real ViT-H key set: its shapes and the 641,090,608 + 256 parameter count."""
     keys = meta_sam_state_dict_keys(sam_vit_h_config())
     assert keys["image_encoder.pos_embed"] == (1, 64, 64, 1280)
     assert keys["image_encoder.blocks.6.attn.rel_pos_h"] == (27, 80)

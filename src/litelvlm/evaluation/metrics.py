@@ -1,4 +1,4 @@
-"""Referring-segmentation metrics exactly as GLaMM/LISA compute them (spec section 9): cIoU, gIoU, precision@X.
+"""Referring-segmentation metrics exactly as GLaMM/LISA compute them (docs/evaluation.md): cIoU, gIoU, precision@X.
 
 The reference counts pixels with `intersectionAndUnionGPU(pred, gt, K=2, ignore_index=255)`, i.e.
 `torch.histc(bins=2, min=0, max=1)` of the prediction, of the ground truth and of their agreement. `histc` drops

@@ -13,7 +13,6 @@ from .host import Host
 from .lisa import LisaHost
 
 HOSTS: dict[str, Host] = {host.name: host for host in (GlammHost(), LisaHost())}
-WHAT = "checkpoint"  # how messages name a --model directory
 
 
 def list_hosts() -> list[str]:
