@@ -1,6 +1,8 @@
-"""Independent check of litelvlm's LISA v1 support against LISA's official inference (spec: shared/spec/lisa.md).
+"""Independent check of litelvlm's LISA v1 support against LISA's official inference.
 
-Written from the specification only, without reading litelvlm's hosts, scoring, selection or testing code.
+Written from the team's LISA specification only (a restatement, with line references, of dvlab-research/LISA at
+3cb2d43 and transformers 4.31; the § numbers below are its sections), without reading litelvlm's hosts, scoring,
+selection or testing code.
 The test builds its own tiny random LISA v1 checkpoints in the official layout (§3), implements LISA's
 evaluation path on transformers' LLaMA/CLIP modules and Meta's `segment_anything` modules (§2, §4, §6),
 and compares the masks written by `python -m litelvlm segment` with that reference.
