@@ -1,6 +1,7 @@
-"""Independent check of `litelvlm eval` (RefCOCO protocols and metrics, spec glamm.md §9).
+"""Independent check of `litelvlm eval` (RefCOCO protocols and metrics as docs/evaluation.md states them, after
+GLaMM's eval/referring_seg/infer_and_evaluate.py and LISA's validate()).
 
-Ported from a reviewer's script (written from the spec alone, without reading the project's data or metric
+Ported from a reviewer's script (written from the team's GLaMM specification alone, without reading the project's data or metric
 code). It keeps that independence: the data set is written here in the REFER/COCO format with this module's
 own polygon and RLE encoders (checked against pycocotools), litelvlm is only run as a CLI subprocess
 (`eval`, and `segment` for an approximate mask cross-check), and every metric is recomputed from this

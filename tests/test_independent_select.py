@@ -1,6 +1,6 @@
-"""Independent check of `litelvlm select` against the DESIGN §1 method definition.
+"""Independent check of `litelvlm select` against the method's definition (docs/methods.md, the paper's §3).
 
-Ported from a reviewer's script (written from DESIGN.md alone, without reading the project's selection or
+Ported from a reviewer's script (written from the team's design notes alone, without reading the project's selection or
 scoring code). It keeps that independence: litelvlm is only run as a CLI subprocess, and the reference
 computes everything with transformers' CLIPModel (q/k/v of the last encoder layer recomputed and cross-checked
 against forward hooks, context scores in float64). The only litelvlm import is the tiny-CLIP builder.
