@@ -1,4 +1,4 @@
-"""Independent check of `litelvlm select` against the method's definition (docs/methods.md, the paper's §3).
+"""Independent check of `litelvlm select` against the method's definition (docs/methods.md).
 
 Ported from a reviewer's script (written from the team's design notes alone, without reading the project's selection or
 scoring code). It keeps that independence: litelvlm is only run as a CLI subprocess, and the reference
