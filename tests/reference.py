@@ -6,9 +6,29 @@ Written from DESIGN.md section 1/2 with Python loops and transformers' own forwa
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
+import types
 
+import pytest
 import torch
+
+
+def meta_sam_modeling():
+    """Meta's `segment_anything.modeling`, imported without the package's `__init__` (which needs torchvision);
+    skips the test when segment-anything is not installed."""
+    spec = importlib.util.find_spec("segment_anything")
+    if spec is None:
+        pytest.skip("segment_anything is not installed")
+    if "segment_anything" not in sys.modules:
+        package = types.ModuleType("segment_anything")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec  # so that later find_spec calls keep working
+        sys.modules["segment_anything"] = package
+    import segment_anything.modeling as modeling
+
+    return modeling
 
 
 def litelvlm_reference(similarity, context, budget, order="paper", share=1.0):

@@ -12,7 +12,6 @@ The only litelvlm import is `litelvlm.synthetic.write_clip_tokenizer`; everythin
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -30,24 +29,12 @@ import pytest
 import torch
 from PIL import Image
 
+from reference import meta_sam_modeling
+
 pytestmark = pytest.mark.slow
 
 sentencepiece = pytest.importorskip("sentencepiece")
 transformers = pytest.importorskip("transformers")
-
-
-def _sam_modeling():
-    """`segment_anything.modeling` without the package `__init__` (which imports torchvision)."""
-    if "segment_anything" not in sys.modules:
-        spec = importlib.util.find_spec("segment_anything")
-        if spec is None:
-            pytest.skip("segment_anything is not installed")
-        package = types.ModuleType("segment_anything")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["segment_anything"] = package
-    import segment_anything.modeling as modeling
-
-    return modeling
 
 
 # ----------------------------------------------------------------------------------------------- constants
@@ -153,7 +140,7 @@ def build_clip(directory: Path, seed: int) -> Path:
 
 def build_tiny_sam(seed: int):
     """SAM with Meta's module classes, ViT-H's structure at a tiny width (§2.8), randomised."""
-    modeling = _sam_modeling()
+    modeling = meta_sam_modeling()
     from segment_anything.modeling.common import LayerNorm2d
 
     torch.manual_seed(seed)

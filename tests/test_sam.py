@@ -1,9 +1,6 @@
 """GLaMM's SAM grounding encoder (litelvlm.hosts.sam) against Meta's segment-anything on the same random weights."""
 
 import functools
-import importlib.util
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -20,29 +17,16 @@ from litelvlm.hosts.sam import (
     sam_preprocess,
     sam_vit_h_config,
 )
+from reference import meta_sam_modeling
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "global_attn_indexes": (1,)}
 TINY_DECODER_MLP = 512
 
 
-def _import_meta_modeling():
-    """`segment_anything.modeling` without the package `__init__` (which imports torchvision, not installed)."""
-    spec = importlib.util.find_spec("segment_anything")
-    if spec is None:
-        pytest.skip("segment_anything is not installed")
-    if "segment_anything" not in sys.modules:
-        package = types.ModuleType("segment_anything")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["segment_anything"] = package
-    import segment_anything.modeling as modeling
-
-    return modeling
-
-
 @pytest.fixture(scope="module")
 def meta_sam():
     """A tiny Meta SAM (same layout as build_sam_vit_h, narrower/shallower encoder) with all weights random."""
-    m = _import_meta_modeling()
+    m = meta_sam_modeling()
     torch.manual_seed(0)
     encoder = m.ImageEncoderViT(
         img_size=1024,
