@@ -132,29 +132,15 @@ def visionzip_reference(features, keys, cls_attention, dominant, contextual):
 
 
 def glamm_reference_logits(predictor, image, expressions, question_templates, answer_templates):
-    """GLaMM's unpruned path as its code does it (groundingLMM's model/GLaMM.py), for one image and one conversation:
-    CLIP hidden_states[-2] patches -> projector -> splice all 576 -> LlamaModel -> the constant-offset
-    [SEG] mask of GLaMM ([575 x False] + (ids[1:] == SEG) + [False]) -> text_hidden_fcs -> SAM.
+    """GLaMM's unpruned path as its code does it (groundingLMM's model/GLaMM.py), for one image and one
+    conversation: CLIP hidden_states[-2] patches -> projector -> splice all 576 -> LlamaModel -> the
+    constant-offset [SEG] mask of GLaMM ([575 x False] + (ids[1:] == SEG) + [False]) -> text_hidden_fcs -> SAM.
     Returns mask logits [n, H, W]."""
     from litelvlm.hosts.conversation import build_turns, render_conversation
-    from litelvlm.hosts.sam import postprocess_masks, sam_preprocess
 
-    model, tokenizer, clip = predictor.model, predictor.tokenizer, predictor.scorer.model
-    with torch.no_grad():
-        pixels = predictor.scorer.preprocess([image]).to(clip.dtype)
-        hidden = clip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
-        visual = model.projector(hidden[0, 1:].to(model.dtype))
-        turns = build_turns(expressions, question_templates, answer_templates)
-        ids = tokenizer.encode_with_image(render_conversation(turns, predictor.host.image_prefix))
-        at = ids.index(-200)
-        embed = model.llm.model.embed_tokens
-        embeds = torch.cat([embed(torch.tensor(ids[:at])), visual, embed(torch.tensor(ids[at + 1 :]))])
-        states = model.llm.model(inputs_embeds=embeds[None]).last_hidden_state[0]
-        seg_mask = [False] * 575 + [token == tokenizer.seg_id for token in ids[1:]] + [False]
-        prompts = model.text_hidden_fcs(states[torch.tensor(seg_mask)])
-        sam_pixels, resized, original = sam_preprocess(image)
-        embedding = model.sam.embed_image(sam_pixels[None])
-        return postprocess_masks(model.sam.decode(embedding, prompts), resized, original)
+    turns = build_turns(expressions, question_templates, answer_templates)
+    ids = predictor.tokenizer.encode_with_image(render_conversation(turns, predictor.host.image_prefix))
+    return _constant_offset_logits(predictor, image, ids, offset=575)
 
 
 def lisa_reference_logits(predictor, image, expression):
@@ -163,23 +149,31 @@ def lisa_reference_logits(predictor, image, expression):
     mask ([255 x False] + (ids[1:] == SEG) + [False]) -> text_hidden_fcs -> SAM. The prompt is written out
     literally, with the "\\n " of LISA's validation set. Returns mask logits [1, H, W]."""
     from litelvlm.hosts.conversation import SYSTEM
-    from litelvlm.hosts.sam import postprocess_masks, sam_preprocess
 
-    model, tokenizer, clip = predictor.model, predictor.tokenizer, predictor.scorer.model
     prompt = (
         f"{SYSTEM} USER: <im_start><image><im_end>\n What is {expression.strip().lower()} in this image? "
         "Please output segmentation mask. ASSISTANT: [SEG].</s>"
     )
+    return _constant_offset_logits(
+        predictor, image, predictor.tokenizer.encode_with_image(prompt), offset=255
+    )
+
+
+def _constant_offset_logits(predictor, image, ids, offset):
+    """The hosts' own unpruned forward: every patch spliced at the image token, the [SEG] rows picked by their
+    constant `offset` (number of visual tokens - 1) after a one-token shift, then text_hidden_fcs and SAM."""
+    from litelvlm.hosts.sam import postprocess_masks, sam_preprocess
+
+    model, tokenizer, clip = predictor.model, predictor.tokenizer, predictor.scorer.model
     with torch.no_grad():
         pixels = predictor.scorer.preprocess([image]).to(clip.dtype)
         hidden = clip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
         visual = model.projector(hidden[0, 1:].to(model.dtype))
-        ids = tokenizer.encode_with_image(prompt)
         at = ids.index(-200)
         embed = model.llm.model.embed_tokens
         embeds = torch.cat([embed(torch.tensor(ids[:at])), visual, embed(torch.tensor(ids[at + 1 :]))])
         states = model.llm.model(inputs_embeds=embeds[None]).last_hidden_state[0]
-        seg_mask = [False] * 255 + [token == tokenizer.seg_id for token in ids[1:]] + [False]
+        seg_mask = [False] * offset + [token == tokenizer.seg_id for token in ids[1:]] + [False]
         prompts = model.text_hidden_fcs(states[torch.tensor(seg_mask)])
         sam_pixels, resized, original = sam_preprocess(image)
         embedding = model.sam.embed_image(sam_pixels[None])

@@ -226,7 +226,7 @@ def machine() -> dict:
 def markdown(report: dict) -> str:
     config = report["config"]
     lines = [
-        f"# {config.get('host', 'GLaMM')} benchmark ({'SCALED: ' + config['scale'] if config['scaled'] else 'full size'})",
+        f"# {_host(config)} benchmark ({'SCALED: ' + config['scale'] if config['scaled'] else 'full size'})",
         "",
         f"{config['device']}, {config['dtype']}, {config['machine']['threads']} threads, torch "
         f"{config['machine']['torch']}, transformers {config['machine']['transformers']}; median of "
@@ -308,13 +308,17 @@ def plot(report: dict, path) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     config = report["config"]
-    figure.suptitle(f"{config.get('host', 'GLaMM')} {'scaled (' + config['scale'] + ')' if config['scaled'] else 'full size'}, "
+    figure.suptitle(f"{_host(config)} {'scaled (' + config['scale'] + ')' if config['scaled'] else 'full size'}, "
                     f"{config['device']}, {config['dtype']}")  # fmt: skip
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})
     plt.close(figure)
     save_png(path, Image.open(buffer).convert("RGB"))
+
+
+def _host(config: dict) -> str:
+    return config.get("host", "GLaMM")  # reports written before LISA existed name no host
 
 
 def _x(value) -> str:

@@ -23,8 +23,12 @@ def add_parser(subparsers) -> None:
         "depth for quick runs; such runs are labelled scaled and their full-depth extrapolation is shown apart "
         "from measurements.",
     )
-    parser.add_argument("--host", choices=list_hosts(), default="glamm",
-                        help="the architecture built with random weights (default glamm); ignored with --model")  # fmt: skip
+    parser.add_argument(
+        "--host",
+        choices=list_hosts(),
+        default="glamm",
+        help="the architecture built with random weights (default glamm); ignored with --model",
+    )
     parser.add_argument(
         "--model", help="a GLaMM or LISA checkpoint (default: --host's architecture, random weights)"
     )
@@ -64,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bench import benchmark, machine, markdown, plot, throughput
     from ..hosts import GroundingPredictor, get_host
+    from ..hosts.sam import SAM_VIT_H
     from ..images import load_image
     from ..io import write_atomic, write_json
     from ..memory import memory_method
@@ -119,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
             "host": predictor.host.display_name,
             "model": args.model or f"{predictor.host.display_name}-7B architecture, random weights",
             "scaled": scaled,
-            "scale": f"LLM {args.llm_layers or full_layers}/{full_layers} layers, SAM {args.sam_layers or 32}/32 blocks",
+            "scale": f"LLM {args.llm_layers or full_layers}/{full_layers} layers, "
+            f"SAM {args.sam_layers or SAM_VIT_H.num_hidden_layers}/{SAM_VIT_H.num_hidden_layers} blocks",
             "sam_attention": args.sam_attention,
             "device": device,
             "dtype": args.dtype,

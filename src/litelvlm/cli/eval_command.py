@@ -14,10 +14,10 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="evaluate methods x budgets on RefCOCO/+/g or a JSONL data set (cIoU, gIoU, P@X)",
-        description="Evaluate a pixel-grounding model (GLaMM or LISA) with token pruning. Writes records.jsonl (one line per expression, written "
-        "ahead: kill the run at any time and start the same command again to continue), results.json, "
-        "results.md and budget_vs_ciou.png into --out. Run with `accelerate launch -m litelvlm eval ...` to "
-        "shard images over GPUs/nodes.",
+        description="Evaluate a pixel-grounding model (GLaMM or LISA) with token pruning. Writes records.jsonl "
+        "(one line per expression, written ahead: kill the run at any time and start the same command again to "
+        "continue), results.json, results.md and budget_vs_ciou.png into --out. Run with "
+        "`accelerate launch -m litelvlm eval ...` to shard images over GPUs/nodes.",
     )
     parser.add_argument("--model", required=True, help="GLaMM or LISA checkpoint directory or hub id")
     parser.add_argument("--clip", help="CLIP checkpoint dir or hub id (default: the config's vision tower)")

@@ -16,14 +16,16 @@ def add_parser(subparsers) -> None:
         "segment",
         help="segment referring expressions with GLaMM or LISA at a visual-token budget",
         description="Run a pixel-grounding model (GLaMM or LISA, read from the checkpoint) with the chosen "
-        "token-selection method and write one mask PNG per expression. Expressions share conversations as the "
-        "host's evaluation does (GLaMM: up to 3 turns of one conversation; LISA: one conversation each), all run "
-        "as one batch. With --generate each expression is its own conversation and the model writes the answer.",
+        "token-selection method and write one mask PNG per expression. Expressions share conversations as "
+        "the host's evaluation does (GLaMM: up to 3 turns of one conversation; LISA: one conversation each), "
+        "all run as one batch. With --generate each expression is its own conversation and the model writes "
+        "the answer.",
     )
     parser.add_argument(
         "--model",
         required=True,
-        help="checkpoint directory or hub id: MBZUAI/GLaMM-RefSeg, xinlai/LISA-7B-v1, xinlai/LISA-13B-llama2-v1",
+        help="checkpoint directory or hub id: MBZUAI/GLaMM-RefSeg, xinlai/LISA-7B-v1, "
+        "xinlai/LISA-13B-llama2-v1",
     )
     parser.add_argument(
         "--clip", help="CLIP checkpoint dir or hub id (default: the model config's vision tower)"
@@ -44,8 +46,7 @@ def add_parser(subparsers) -> None:
         choices=("identity", "method"),
         default="identity",
         help="at a budget >= the number of patches: keep all tokens in raster order (identity) or run the method "
-        "anyway "
-        "(litelvlm paper order then permutes them, as the authors' code does)",
+        "anyway (litelvlm paper order then permutes them, as the authors' code does)",
     )
     arguments.add_method_arguments(parser)
     parser.add_argument("--generate", action="store_true", help="let the model write its answer (greedy)")

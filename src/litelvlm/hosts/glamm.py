@@ -19,24 +19,10 @@ from __future__ import annotations
 from torch import nn
 
 from ..prompts import DEFAULT_QUESTION
-from .host import Host
+from .host import LLAMA_7B, Host
 
 # GLaMM's language model: Vicuna-7B v1.5 (LLaMA-2 7B) with GLaMM's 7 added tokens.
-VICUNA_7B = {
-    "vocab_size": 32007,
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "hidden_act": "silu",
-    "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-5,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "pad_token_id": 0,
-    "tie_word_embeddings": False,
-}
+VICUNA_7B = {**LLAMA_7B, "vocab_size": 32007, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5}
 
 
 class GlammHost(Host):

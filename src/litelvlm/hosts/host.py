@@ -37,6 +37,19 @@ LLAMA_FIELDS = (
     "tie_word_embeddings",
     "initializer_range",
 )
+# The sizes every 7B LLaMA generation shares (LLaMA-1, LLaMA-2, Vicuna); hosts add vocabulary, context and norm eps.
+LLAMA_7B = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "hidden_act": "silu",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+    "tie_word_embeddings": False,
+}
 # config.json fields without which no host's checkpoint can be built.
 REQUIRED_FIELDS = ("hidden_size", "num_hidden_layers", "mm_hidden_size")
 

@@ -28,24 +28,10 @@ from pathlib import Path
 from torch import nn
 
 from ..prompts import BARE_ANSWER, OUTPUT_MASK_QUESTION
-from .host import Host
+from .host import LLAMA_7B, Host
 
 # LISA-7B-v1's language model: LLaVA-Lightning-7B-v1-1, i.e. Vicuna-7B v1.1 on LLaMA-1, with 4 added tokens.
-LLAMA1_7B = {
-    "vocab_size": 32004,
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "hidden_act": "silu",
-    "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-6,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "pad_token_id": 0,
-    "tie_word_embeddings": False,
-}
+LLAMA1_7B = {**LLAMA_7B, "vocab_size": 32004, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6}
 V0_MARKER = "pytorch_model-text_hidden_fcs.bin"  # LISA v0 saved its [SEG] projection in a file of its own
 
 

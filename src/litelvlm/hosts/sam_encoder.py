@@ -1,8 +1,8 @@
 """A faster forward for transformers' SAM ViT image encoder: the same modules and weights, the same mathematics.
 
-SAM ViT-H's image encoder is the largest budget-independent stage of GLaMM (5.6 TFLOP per image), so every second
-it wastes caps what token pruning can gain end to end. transformers' `SamVisionEncoder` loses time in places that
-have nothing to do with its matrix products; on a 2-core CPU in bf16 this forward takes 7.3 s against 13.1 s
+SAM ViT-H's image encoder is the largest budget-independent stage of every host (5.6 TFLOP per image), so every
+second it wastes caps what token pruning can gain end to end. transformers' `SamVisionEncoder` loses time in places
+that have nothing to do with its matrix products; on a 2-core CPU in bf16 this forward takes 7.3 s against 13.1 s
 (`benchmarks/sam_encoder.py`, results in `benchmarks/results/sam_encoder_cpu_bf16.md`):
 
 - the decomposed relative-position bias is materialised as a [B*heads, L, L] mask (512 MB per global block) and
