@@ -1,4 +1,4 @@
-"""`litelvlm` command line: select | segment | eval | analyze | bench.
+"""`litelvlm` command line: select | segment | eval | report | analyze | bench.
 
 Bad input ends in one sentence on stderr and exit code 2, never a traceback; warnings are one line each.
 """
@@ -12,9 +12,16 @@ import warnings
 
 from ..errors import LiteLVLMError
 from ..memory import keep_freed_memory_for_reuse
-from . import analyze_command, bench_command, eval_command, segment_command, select_command
+from . import (
+    analyze_command,
+    bench_command,
+    eval_command,
+    report_command,
+    segment_command,
+    select_command,
+)
 
-COMMANDS = (select_command, segment_command, eval_command, analyze_command, bench_command)
+COMMANDS = (select_command, segment_command, eval_command, report_command, analyze_command, bench_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import LiteLVLMError
+from ..evaluation.paper import PRESETS
 from ..evaluation.protocols import PROTOCOLS
 from . import arguments
 
 DEFAULT_PRUNED_BUDGETS = (192, 128, 64)  # the paper's budgets
+# Without --preset: the data set, split and methods when not given (None marks "not given" for --preset).
+DEFAULTS = {"dataset": "refcoco", "split": "val", "methods": ["litelvlm"]}
+# The flags a preset sets itself.
+PRESET_FLAGS = ("dataset", "split", "jsonl", "methods", "budgets")
 
 
 def add_parser(subparsers) -> None:
@@ -22,7 +28,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model", required=True, help="GLaMM or LISA checkpoint directory or hub id")
     parser.add_argument("--clip", help="CLIP checkpoint dir or hub id (default: the config's vision tower)")
     arguments.add_data_arguments(parser)
-    parser.add_argument("--methods", type=arguments.method_list, default=["litelvlm"], help="comma-separated")
+    parser.add_argument("--methods", type=arguments.method_list, help="comma-separated (default: litelvlm)")
     parser.add_argument(
         "--budgets",
         type=arguments.budget_list,
@@ -35,54 +41,40 @@ def add_parser(subparsers) -> None:
         "(default: the model's own protocol; see docs/evaluation.md)",
     )
     arguments.add_method_arguments(parser, seed_help="seed of the protocol's sampling and of `random`")
+    parser.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        help="paper: the LiteLVLM paper's table, methods trim,fastv,prumerge,visionzip,vispruner,litelvlm at "
+        "all patches and 192,128,64 on the 8 RefCOCO/+/g splits of --data-root, one sub-run per split in --out, "
+        "then paper_table.md/.json and paper_budget_vs_ciou.png next to the published numbers (replaces "
+        "--dataset, --split, --methods and --budgets)",
+    )
     parser.add_argument("--out", required=True, help="run directory (created; an existing run is resumed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     arguments.add_device_arguments(parser, default_dtype="bfloat16")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, dataset=None, split=None, methods=None)
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
-    from ..evaluation.loop import evaluate
-    from ..evaluation.protocols import check_protocol
-    from ..hosts import GroundingPredictor, detect_host
-    from ..hosts.registry import local_checkpoint_dir
+    if args.preset:
+        return run_preset(args)
+    for name, value in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    from ..evaluation.loop import evaluate, run_config
 
     out = arguments.check_output_dir(args.out)
-    directory = local_checkpoint_dir(args.model)
-    host, _ = detect_host(directory)
-    protocol = check_protocol(args.protocol or host.protocol, host)
+    directory, protocol = _checkpoint_and_protocol(args)
     dataset, data, name, split = arguments.load_data(args)
-    state = PartialState(cpu=args.device == "cpu")
-    device = (
-        str(state.device)
-        if state.num_processes > 1 or args.device is None
-        else arguments.resolve_device(args.device)
-    )
-    predictor = GroundingPredictor.from_pretrained(
-        directory, clip=args.clip, dtype=arguments.resolve_dtype(args.dtype), device=device
-    )
+    state, predictor = _load_predictor(args, directory)
     budgets = args.budgets or [predictor.num_patches, *DEFAULT_PRUNED_BUDGETS]
-    config = {
-        "data": data,
-        "dataset": name,
-        "split": split,
-        "protocol": protocol,
-        "seed": args.seed,
-        "limit": args.limit,
-        "methods": args.methods,
-        "budgets": budgets,
-        "model": args.model,
-        "clip": args.clip,
-        "dtype": args.dtype,
-        "text_source": args.text_source,
-        "options": {
-            "order": args.order,
-            "low_similarity_share": args.low_similarity_share,
-            "budget_mode": args.budget_mode,
-        },
-    }
+    config = run_config(
+        dataset=name,
+        split=split,
+        methods=args.methods,
+        budgets=budgets,
+        **_shared_config(args, data, protocol),
+    )
     options = {name: arguments.method_options(args, name) for name in args.methods}
     payload = evaluate(
         predictor,
@@ -101,3 +93,104 @@ def run(args: argparse.Namespace) -> int:
             print(f"{row['method']:>16} @ {row['budget']:>4}: cIoU {ciou}  ({row['count']} expressions)")
         print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'budget_vs_ciou.png'}")
     return 0
+
+
+def run_preset(args: argparse.Namespace) -> int:
+    """`--preset`: every split of the preset with one model load, then the paper table (evaluation/paper.py)."""
+    import warnings
+    from pathlib import Path
+
+    from ..evaluation import paper
+    from ..evaluation.published import load_paper_table
+
+    preset = paper.get_preset(args.preset)
+    given = [f"--{name}" for name in PRESET_FLAGS if getattr(args, name) is not None]
+    if given:
+        raise LiteLVLMError(
+            f"--preset {preset.name} chooses the data sets, splits, methods and budgets itself; "
+            f"drop {' and '.join(given)}."
+        )
+    if args.limit is not None and args.limit < 1:
+        raise LiteLVLMError(f"--limit must be at least 1, got {args.limit}.")
+    paper.check_methods(preset)
+    out = arguments.check_output_dir(args.out)
+    directory, protocol = _checkpoint_and_protocol(args)
+    published = load_paper_table()
+    datasets = paper.load_splits(preset, args.data_root, images=args.images)
+    state, predictor = _load_predictor(args, directory)
+    if predictor.host.display_name != published.host:
+        warnings.warn(
+            f"the published numbers are {published.host}'s; the table sets {predictor.host.display_name}'s "
+            "beside them for orientation only.",
+            stacklevel=1,
+        )
+    table = paper.run_preset(
+        predictor,
+        preset,
+        datasets,
+        _shared_config(args, str(Path(args.data_root).resolve()), protocol),
+        out,
+        rank=state.process_index,
+        world=state.num_processes,
+        barrier=state.wait_for_everyone,
+        progress=not args.no_progress,
+        method_options={name: arguments.method_options(args, name) for name in preset.methods},
+    )
+    if table is not None:
+        for row in table["rows"]:
+            ours, theirs = row["ours"]["average"], row["published"]["average"]
+            ours = "n/a" if ours is None else f"{ours:.1f}"
+            theirs = "n/a" if theirs is None else f"{theirs:.1f}"
+            print(f"{row['name']:>16} @ {row['budget']:>4}: average cIoU {ours} (published {theirs})")
+        print(
+            f"wrote {out / 'paper_table.md'}, {out / 'paper_table.json'}, {out / 'paper_budget_vs_ciou.png'}"
+        )
+    return 0
+
+
+def _checkpoint_and_protocol(args: argparse.Namespace):
+    """The local checkpoint directory and the protocol (the host's own unless --protocol says otherwise)."""
+    from ..evaluation.protocols import check_protocol
+    from ..hosts import detect_host
+    from ..hosts.registry import local_checkpoint_dir
+
+    directory = local_checkpoint_dir(args.model)
+    host, _ = detect_host(directory)
+    return directory, check_protocol(args.protocol or host.protocol, host)
+
+
+def _load_predictor(args: argparse.Namespace, directory):
+    """(accelerate's PartialState, the predictor on this process's device)."""
+    from accelerate import PartialState
+
+    from ..hosts import GroundingPredictor
+
+    state = PartialState(cpu=args.device == "cpu")
+    device = (
+        str(state.device)
+        if state.num_processes > 1 or args.device is None
+        else arguments.resolve_device(args.device)
+    )
+    predictor = GroundingPredictor.from_pretrained(
+        directory, clip=args.clip, dtype=arguments.resolve_dtype(args.dtype), device=device
+    )
+    return state, predictor
+
+
+def _shared_config(args: argparse.Namespace, data: str, protocol: str) -> dict:
+    """The run settings besides data set, split, methods and budgets (see evaluation.loop.run_config)."""
+    return {
+        "data": data,
+        "protocol": protocol,
+        "seed": args.seed,
+        "limit": args.limit,
+        "model": args.model,
+        "clip": args.clip,
+        "dtype": args.dtype,
+        "text_source": args.text_source,
+        "options": {
+            "order": args.order,
+            "low_similarity_share": args.low_similarity_share,
+            "budget_mode": args.budget_mode,
+        },
+    }

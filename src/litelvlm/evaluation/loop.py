@@ -1,8 +1,11 @@
 """The evaluation loop: images x methods x budgets, sharded over processes, resumable at any moment.
 
 Text-independent work (CLIP vision pass, SAM image embedding, per-image CLIP scores) is done once per image
-and shared by every method, budget and expression. Each (image, method, budget) unit's records are written
-ahead (see records.py) before the next unit starts; the aggregates are computed from the records at the end.
+and shared by every method, budget and expression. A budget >= the number of patches is the unpruned model
+whatever the method (the predictor's `full_budget="identity"`), so it is predicted once per image and its masks
+are recorded under every method asked for at that budget. Each (image, method, budget) unit's records are
+written ahead (see records.py) before the next unit starts; the aggregates are computed from the records at the
+end.
 """
 
 from __future__ import annotations
@@ -34,6 +37,27 @@ def unit_key(image_id, method: str, budget: int) -> str:
 
 def kept_hash(indices: list[int]) -> str:
     return hashlib.sha1(",".join(map(str, indices)).encode()).hexdigest()[:16]
+
+
+def run_config(
+    *, data, dataset, split, protocol, seed, limit, methods, budgets, model, clip, dtype, text_source, options
+) -> dict:
+    """The configuration of one run (what run.json holds before `num_images` is added), in its field order."""
+    return {
+        "data": data,
+        "dataset": dataset,
+        "split": split,
+        "protocol": protocol,
+        "seed": seed,
+        "limit": limit,
+        "methods": list(methods),
+        "budgets": list(budgets),
+        "model": model,
+        "clip": clip,
+        "dtype": dtype,
+        "text_source": text_source,
+        "options": options,
+    }
 
 
 def prepare_run(directory: Path, config: dict, is_main: bool) -> None:
@@ -88,17 +112,15 @@ def evaluate(
         plan = plan_image(image, config["protocol"], config["seed"])
         truths = {}
         predictor.set_image(image.path)
+        unpruned = None  # the prediction at a budget >= the patch count, the same for every method
         for method, budget in todo:
-            prediction = predictor.predict(
-                [query.sentence for query in plan.queries],
-                budget=budget,
-                method=method,
-                question_templates=[query.question_template for query in plan.queries],
-                answer_templates=[query.answer_template for query in plan.queries],
-                turns_per_conversation=plan.turns_per_conversation,
-                text_source=config.get("text_source", "questions"),
-                **_options_for(method, image.image_id, config["seed"], method_options),
-            )
+            full = budget >= predictor.num_patches
+            if full and unpruned is not None:
+                prediction = unpruned
+            else:
+                prediction = _predict(predictor, plan, method, budget, image.image_id, config, method_options)
+            if full:
+                unpruned = prediction
             records = []
             for number, (query, result) in enumerate(zip(plan.queries, prediction.results)):
                 referent = query.referent
@@ -141,22 +163,43 @@ def evaluate(
 
 def finish(directory: Path, log: RecordLog, config: dict) -> dict:
     """Merge every process's records (sorted, complete units only) and write the aggregate reports."""
+    return finish_records(directory, log.all_records(), config)
+
+
+def finish_records(
+    directory: Path, records: list[dict], config: dict, remedy: str = "run the command again"
+) -> dict:
+    """Sort a run's records, check that every unit has them (else one sentence ending in `remedy`), and write
+    records.jsonl and the aggregate reports."""
     order = {m: i for i, m in enumerate(config["methods"])}
     border = {b: i for i, b in enumerate(config["budgets"])}
     records = sorted(
-        log.all_records(),
+        (r for r in records if r["method"] in order and r["budget"] in border),
         key=lambda r: (r["image_index"], order[r["method"]], border[r["budget"]], r["query"]),
     )
-    missing = config["num_images"] * len(order) * len(border) - len({r["unit"] for r in records})
+    units = {unit_key(r["image_id"], r["method"], r["budget"]) for r in records}
+    missing = config["num_images"] * len(order) * len(border) - len(units)
     if missing:
-        raise LiteLVLMError(
-            f"{missing} image x method x budget units have no records yet; run the command again."
-        )
+        raise LiteLVLMError(f"{missing} image x method x budget units have no records yet; {remedy}.")
     lines = "".join(
         json.dumps({k: v for k, v in r.items() if k not in ("unit", "unit_size")}) + "\n" for r in records
     )
     write_atomic(directory / "records.jsonl", lines.encode())
     return write_reports(directory, records, config)
+
+
+def _predict(predictor, plan, method: str, budget: int, image_id, config: dict, method_options: dict | None):
+    """The predictor's masks for one image's planned queries with one method at one budget."""
+    return predictor.predict(
+        [query.sentence for query in plan.queries],
+        budget=budget,
+        method=method,
+        question_templates=[query.question_template for query in plan.queries],
+        answer_templates=[query.answer_template for query in plan.queries],
+        turns_per_conversation=plan.turns_per_conversation,
+        text_source=config.get("text_source", "questions"),
+        **_options_for(method, image_id, config["seed"], method_options),
+    )
 
 
 def _options_for(method: str, image_id, seed: int, method_options: dict | None) -> dict:

@@ -49,18 +49,29 @@ class RecordLog:
 
     def all_records(self) -> list[dict]:
         """Records of all complete units of all part files (a unit found twice is taken once)."""
-        seen: set[str] = set()
-        records: list[dict] = []
-        for path in self._part_files():
-            for unit, raw in _complete_units(path.read_bytes()):
-                if unit in seen:
-                    continue
-                seen.add(unit)
-                records += [json.loads(line) for line in raw.decode().splitlines()]
-        return records
+        return read_parts(self.directory)
 
     def _part_files(self) -> list[Path]:
-        return sorted(self.parts.glob("records.rank*.jsonl"))
+        return part_files(self.directory)
+
+
+def part_files(directory: str | Path) -> list[Path]:
+    """Every process's part file in a run directory (none if it has no parts/ folder)."""
+    return sorted((Path(directory) / PARTS).glob("records.rank*.jsonl"))
+
+
+def read_parts(directory: str | Path) -> list[dict]:
+    """Records of all complete units of all part files of a run, read without changing any file (a unit found
+    twice is taken once)."""
+    seen: set[str] = set()
+    records: list[dict] = []
+    for path in part_files(directory):
+        for unit, raw in _complete_units(path.read_bytes()):
+            if unit in seen:
+                continue
+            seen.add(unit)
+            records += [json.loads(line) for line in raw.decode().splitlines()]
+    return records
 
 
 def _complete_units(data: bytes) -> Iterable[tuple[str, bytes]]:
