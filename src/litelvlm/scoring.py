@@ -3,8 +3,10 @@
 One vision pass per image gives everything the selection methods need:
   * the select-layer hidden state H (default -2; CLS first, then N patches) that the LLM receives,
   * the context score of each patch, from the last layer's full-width q/k/v of the CLS query,
-  * (lazily) the select layer's CLS attention and keys, for FasterVLM/VisionZip-style baselines,
-  * (lazily) the patches projected into CLIP's joint space, to compare with text embeddings.
+  * (lazily) the select layer's CLS attention and keys, for FasterVLM/VisionZip/VisPruner-style baselines,
+  * (lazily) the last layer's full-width CLS attention and keys, for PruMerge,
+  * (lazily) the patches projected into CLIP's joint space, to compare with text embeddings,
+  * (on request) the select-layer patches of the same images resized to a coarser grid, for `downsample`.
 
 The encoder layers are called one by one, so no hooks are installed, only the needed states are kept, and the
 last layer's attention and MLP, whose output nobody reads, are never run.
@@ -17,9 +19,10 @@ import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoints import hub_error, looks_like_hub_id, read_config, resolve_checkpoint
@@ -30,7 +33,18 @@ from .selection import TokenScores, get_method
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"
 TEXT_CACHE_SIZE = 4096
-ALL_SCORES = frozenset({"similarity", "context", "cls_attention", "features", "keys"})
+ALL_SCORES = frozenset(
+    {
+        "similarity",
+        "context",
+        "cls_attention",
+        "features",
+        "keys",
+        "last_cls_attention",
+        "last_keys",
+        "encode_grid",
+    }
+)
 
 
 @dataclass
@@ -40,21 +54,29 @@ class VisionFeatures:
     hidden:       [B, 1+N, D] select-layer hidden state (CLS first), the LLM's visual input
     last_input:   [B, 1+N, D] input of the last encoder layer (the same tensor as `hidden` for layer -2)
     select_input: [B, 1+N, D] input of the select layer, kept for the CLS-attention baselines
+    pixels:       [B, 3, S, S] the preprocessed images (None if not kept), for passes at a coarser grid
     Derived per-image scores, filled on demand by `ClipScorer` (float32, None until computed):
     context:       [B, N] LiteLVLM's context contribution (`patch_scores.context_contribution`)
     cls_attention: [B, N] head-averaged CLS -> patch attention at the select layer
     keys:          [B, N, D/heads] head-averaged select-layer patch keys
+    last_cls_attention: [B, N] full-width (no head split) CLS -> patch attention in the last layer
+    last_keys:     [B, N, D] full-width last-layer patch keys (raw `k_proj` outputs)
     projected:     [B, N, P] patches in CLIP's joint space (for text similarity)
+    grids:         (rows, cols) -> [B, rows * cols, D] select-layer patches of the images resized to that grid
     """
 
     hidden: torch.Tensor
     last_input: torch.Tensor
     select_input: torch.Tensor | None
     grid: tuple[int, int]
+    pixels: torch.Tensor | None = None
     context: torch.Tensor | None = None
     cls_attention: torch.Tensor | None = None
     keys: torch.Tensor | None = None
+    last_cls_attention: torch.Tensor | None = None
+    last_keys: torch.Tensor | None = None
     projected: torch.Tensor | None = None
+    grids: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -169,7 +191,8 @@ class ClipScorer:
     def encode_image(self, pixel_values: torch.Tensor) -> VisionFeatures:
         """One vision pass over pixels [B, 3, S, S], keeping only the states selection needs."""
         vision = self.vision
-        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values.to(device=self.device, dtype=self.dtype)))
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
         # States are indexed like `output_hidden_states`: 0 = embeddings, i = output of layer i (1-based).
         wanted = {self.select_index, self.select_index - 1, self.num_layers - 1}
         states = {0: hidden} if 0 in wanted else {}
@@ -182,6 +205,7 @@ class ClipScorer:
             last_input=states[self.num_layers - 1],
             select_input=states[self.select_index - 1],
             grid=self.grid,
+            pixels=pixel_values,
         )
 
     def _run_layer(self, layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -227,6 +251,43 @@ class ClipScorer:
             features.cls_attention = cls_attention(query, keys)
             features.keys = keys[:, 1:].mean(dim=2)
         return features.cls_attention, features.keys
+
+    @torch.inference_mode()
+    def last_layer_attention(self, features: VisionFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """PruMerge's scores from the last layer, without a head split: CLS -> patch attention [B, N]
+        (softmax over CLS + patches of q k / sqrt(D)) and the raw patch keys [B, N, D], float32 (cached)."""
+        if features.last_cls_attention is None:
+            last = self.vision.encoder.layers[self.num_layers - 1]
+            normed = last.layer_norm1(features.last_input)
+            query = last.self_attn.q_proj(normed[:, :1]).float()
+            keys = last.self_attn.k_proj(normed).float()
+            # One "head" of full width: the same formula as the head-averaged select-layer attention.
+            features.last_cls_attention = cls_attention(query.unsqueeze(2), keys.unsqueeze(2))
+            features.last_keys = keys[:, 1:]
+        return features.last_cls_attention, features.last_keys
+
+    @torch.inference_mode()
+    def grid_features(self, features: VisionFeatures, grid: tuple[int, int]) -> torch.Tensor:
+        """[B, rows * cols, D] select-layer patches (CLS dropped) of a vision pass over the images resized
+        (bicubic, antialiased) to rows x cols patches, with the position embeddings interpolated (cached per
+        grid). The image-downsampling baseline: fewer tokens really go through the tower."""
+        if grid not in features.grids:
+            if features.pixels is None:
+                raise LiteLVLMError(
+                    "these features kept no pixels; encode the images with ClipScorer.encode_image."
+                )
+            rows, cols = grid
+            patch = self.vision.config.patch_size
+            # Resizing the normalised pixels equals normalising resized pixels: the filter weights sum to 1.
+            pixels = F.interpolate(
+                features.pixels.float(), size=(rows * patch, cols * patch), mode="bicubic", antialias=True
+            )
+            hidden = self.vision.embeddings(pixels.to(self.dtype), interpolate_pos_encoding=True)
+            hidden = self.vision.pre_layrnorm(hidden)
+            for layer in self.vision.encoder.layers[: self.select_index]:
+                hidden = self._run_layer(layer, hidden)
+            features.grids[grid] = hidden[:, 1:]
+        return features.grids[grid]
 
     @torch.inference_mode()
     def projected_patches(self, features: VisionFeatures) -> torch.Tensor:
@@ -318,8 +379,13 @@ class ClipScorer:
         if needs & {"cls_attention", "keys"}:
             attention, keys = self.select_layer_attention(features)
             scores.cls_attention, scores.keys = pick(attention), pick(keys)
+        if needs & {"last_cls_attention", "last_keys"}:
+            attention, keys = self.last_layer_attention(features)
+            scores.last_cls_attention, scores.last_keys = pick(attention), pick(keys)
         if "features" in needs:
             scores.features = pick(features.patch_features)
+        if "encode_grid" in needs:
+            scores.encode_grid = lambda grid: pick(self.grid_features(features, tuple(grid)))
         return scores
 
 

@@ -30,6 +30,10 @@ class TokenScores:
     cls_attention:  [B, N] head-averaged CLS -> patch attention at the select layer
     features:       [B, N, D] select-layer patch features (what the LLM's projector receives)
     keys:           [B, N, Dh] head-averaged select-layer keys (VisionZip's merge metric)
+    last_cls_attention: [B, N] full-width CLS -> patch attention in CLIP's last layer (PruMerge)
+    last_keys:      [B, N, D] full-width last-layer patch keys (PruMerge's merge metric)
+    encode_grid:    (rows, cols) -> [B, rows * cols, D] select-layer patches of the images resized to that patch
+                    grid, i.e. a second, smaller vision pass (image downsampling)
     """
 
     batch_size: int
@@ -41,10 +45,14 @@ class TokenScores:
     cls_attention: torch.Tensor | None = None
     features: torch.Tensor | None = None
     keys: torch.Tensor | None = None
+    last_cls_attention: torch.Tensor | None = None
+    last_keys: torch.Tensor | None = None
+    encode_grid: Callable[[tuple[int, int]], torch.Tensor] | None = None
 
     @property
     def device(self) -> torch.device:
-        for value in (self.similarity, self.context, self.cls_attention, self.features, self.keys):
+        tensors = (self.similarity, self.context, self.cls_attention, self.features, self.keys)
+        for value in (*tensors, self.last_cls_attention, self.last_keys):
             if value is not None:
                 return value.device
         return torch.device("cpu")
@@ -64,8 +72,9 @@ class Selection:
 
     indices:  [B, K] int64 patch indices (raster index into the N patches)
     kinds:    [B, K] int64 codes into KIND_NAMES (why each token was kept)
-    features: [B, K, D] replacement features for methods that merge tokens (VisionZip); None means
-              "gather the select-layer features at `indices`"
+    features: [B, K, D] replacement features for methods that merge or make tokens (VisionZip, PruMerge,
+              TRIM, downsampling); None means "gather the select-layer features at `indices`". A made token
+              has kind MERGED and, by convention, the index of a patch it stands for (see its method)
     """
 
     indices: torch.Tensor
