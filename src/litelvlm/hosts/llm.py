@@ -15,6 +15,9 @@ import torch
 from ..errors import LiteLVLMError
 
 IMAGE_TOKEN_INDEX = -200
+# RoPE positions of kept visual tokens: consecutive (the authors' and every baseline's code) or each token's
+# place among all of the image's tokens (an ablation: does the layout RoPE encodes matter for grounding?).
+POSITIONS = ("compact", "original")
 _VISUAL = -1  # marks visual positions in the spliced id list (never a real token id)
 
 
@@ -27,6 +30,7 @@ class SplicedBatch:
     lengths:        real length of each sequence
     image_spans:    (start, stop) of the visual tokens in each sequence
     spliced_ids:    each sequence's token ids with -1 at visual positions (for locating special tokens)
+    position_ids:   [B, L] int64 RoPE positions (0, 1, 2, ... unless visual tokens keep their original ones)
     """
 
     embeds: torch.Tensor
@@ -34,6 +38,13 @@ class SplicedBatch:
     lengths: list[int]
     image_spans: list[tuple[int, int]]
     spliced_ids: list[list[int]]
+    position_ids: torch.Tensor
+
+    def next_positions(self) -> torch.Tensor:
+        """[B] the RoPE position of the first token generated after each sequence."""
+        rows = torch.arange(len(self.lengths), device=self.position_ids.device)
+        last = torch.tensor(self.lengths, device=self.position_ids.device) - 1
+        return self.position_ids[rows, last] + 1
 
     def positions_before(self, token_id: int) -> list[list[int]]:
         """Per sequence, the positions whose output predicts `token_id` (one before each occurrence)."""
@@ -41,18 +52,26 @@ class SplicedBatch:
 
 
 def splice_visual_tokens(
-    embed_tokens: torch.nn.Embedding, id_lists: Sequence[Sequence[int]], visual: torch.Tensor
+    embed_tokens: torch.nn.Embedding,
+    id_lists: Sequence[Sequence[int]],
+    visual: torch.Tensor,
+    visual_positions: torch.Tensor | None = None,
+    image_length: int | None = None,
 ) -> SplicedBatch:
     """Replace the one IMAGE_TOKEN_INDEX of each id list by that row's visual tokens.
 
     id_lists: B token-id lists, each with exactly one -200; visual: [B, K, H] in the LLM's embedding space.
+    Positions are consecutive ("compact") unless visual_positions [B, K] (each visual token's place among the
+    `image_length` tokens of the unpruned image, e.g. its patch index) is given: then visual token k sits at
+    start + visual_positions[k] and the text after the image continues at start + image_length, as if every
+    visual token were present ("original").
     """
     if len(id_lists) != visual.shape[0]:
         raise ValueError(f"{len(id_lists)} sequences but {visual.shape[0]} rows of visual tokens")
     device, dtype = embed_tokens.weight.device, embed_tokens.weight.dtype
     visual = visual.to(device=device, dtype=dtype)
     num_visual = visual.shape[1]
-    rows, spans, spliced = [], [], []
+    rows, spans, spliced, position_rows = [], [], [], []
     for row, ids in enumerate(id_lists):
         ids = list(ids)
         if ids.count(IMAGE_TOKEN_INDEX) != 1:
@@ -65,14 +84,22 @@ def splice_visual_tokens(
         rows.append(torch.cat([embed_tokens(before), visual[row], embed_tokens(after)]))
         spans.append((at, at + num_visual))
         spliced.append(ids[:at] + [_VISUAL] * num_visual + ids[at + 1 :])
+        if visual_positions is None:
+            position_rows.append(torch.arange(rows[-1].shape[0], device=device))
+        else:
+            image = at + visual_positions[row].to(device)
+            text_after = at + image_length + torch.arange(len(ids) - at - 1, device=device)
+            position_rows.append(torch.cat([torch.arange(at, device=device), image, text_after]))
     lengths = [row.shape[0] for row in rows]
     longest = max(lengths)
     embeds = torch.zeros(len(rows), longest, rows[0].shape[-1], device=device, dtype=dtype)
     mask = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
+    positions = torch.arange(longest, device=device).repeat(len(rows), 1)  # pads: any value, they are masked
     for index, row in enumerate(rows):
         embeds[index, : row.shape[0]] = row
         mask[index, : row.shape[0]] = 1
-    return SplicedBatch(embeds, mask, lengths, spans, spliced)
+        positions[index, : row.shape[0]] = position_rows[index]
+    return SplicedBatch(embeds, mask, lengths, spans, spliced, positions)
 
 
 def _cache_argument(model: torch.nn.Module) -> str:
@@ -89,7 +116,12 @@ def _output_cache(output):
 def final_hidden_states(decoder: torch.nn.Module, batch: SplicedBatch) -> torch.Tensor:
     """Teacher-forced pass of a `LlamaModel`-like decoder: the final hidden states after the last norm,
     [B, L, H]. No KV cache and no logits are computed."""
-    output = decoder(inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, use_cache=False)
+    output = decoder(
+        inputs_embeds=batch.embeds,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+    )
     return output.last_hidden_state
 
 
@@ -121,8 +153,8 @@ def generate(
 ) -> Generation:
     """Greedy decoding with a KV cache from a right-padded spliced batch.
 
-    Pads stay in the cache as masked holes and every new token gets the position after its own sequence,
-    so RoPE positions equal those of an unpadded run. `choose(logits [B, V], step) -> [B]` replaces argmax
+    Pads stay in the cache as masked holes and every new token gets the position after its own sequence's
+    last one, so RoPE positions equal those of an unpadded run. `choose(logits [B, V], step) -> [B]` replaces argmax
     (tests use it to force a known answer through the cached path). `locate(positions [B]) -> rows [B]` maps
     padded-layout positions to rows of the prefill output when layers drop tokens (in-LLM pruning).
     """
@@ -132,11 +164,11 @@ def generate(
     device = batch.embeds.device
     lengths = torch.tensor(batch.lengths, device=device)
     rows = torch.arange(batch_size, device=device)
-    positions = torch.arange(batch.embeds.shape[1], device=device).expand(batch_size, -1)
+    next_positions = batch.next_positions()
     output = decoder(
         inputs_embeds=batch.embeds,
         attention_mask=batch.attention_mask,
-        position_ids=positions,
+        position_ids=batch.position_ids,
         use_cache=True,
     )
     last = lengths - 1 if locate is None else locate(lengths - 1)
@@ -162,7 +194,7 @@ def generate(
         output = decoder(
             inputs_embeds=decoder.embed_tokens(next_tokens.clamp(min=0)).unsqueeze(1),
             attention_mask=mask,
-            position_ids=(lengths + step).unsqueeze(1),
+            position_ids=(next_positions + step).unsqueeze(1),
             use_cache=True,
             **{cache_name: cache},
         )

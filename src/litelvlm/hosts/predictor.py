@@ -34,7 +34,7 @@ from ..selection import (
 )
 from ..timing import StageTimer
 from .conversation import Turn, build_turns, render_conversation
-from .llm import final_hidden_states, gather_positions, generate, splice_visual_tokens
+from .llm import POSITIONS, final_hidden_states, gather_positions, generate, splice_visual_tokens
 from .llm_pruning import pruning
 from .model import GroundingModel, load_grounding_model
 from .registry import detect_host, local_checkpoint_dir
@@ -211,7 +211,9 @@ class GroundingPredictor:
         host's). `generate_answer=True`: each expression is its own conversation and the model writes the
         answer; its mask comes from the first [SEG] it generated; `decoding(logits [B, V], step) -> [B]`
         replaces greedy argmax. `full_budget`: "identity" (budget >= patches: no selection at all) or "method".
-        Further keyword options go to the selection method (e.g. order="raster", seed=1).
+        `positions`: RoPE positions of the kept visual tokens, "compact" (consecutive, the authors' code) or
+        "original" (each at its patch index among all patches; the text after the image as if none were
+        pruned). Further keyword options go to the selection method (e.g. order="raster", seed=1).
         """
         if isinstance(expressions, str) or not all(isinstance(e, str) for e in expressions):
             raise LiteLVLMError(
@@ -269,6 +271,7 @@ class GroundingPredictor:
         max_new_tokens: int = 64,
         decoding: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
         full_budget: str = "identity",
+        positions: str = "compact",
         **method_options,
     ) -> list[Prediction]:
         images = self._images
@@ -293,6 +296,8 @@ class GroundingPredictor:
             raise LiteLVLMError(f"text_source must be one of {', '.join(TEXT_SOURCES)}, got {text_source!r}.")
         if max_new_tokens < 1:
             raise LiteLVLMError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        if positions not in POSITIONS:
+            raise LiteLVLMError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}.")
         turns = self._turns_per_conversation(turns_per_conversation)
         conversations = self._conversations(
             per_image,
@@ -306,7 +311,9 @@ class GroundingPredictor:
 
         timer = StageTimer(self.device)
         selection, plan = self._select(conversations, entry, budget, full_budget, method_options, timer)
-        results = self._run(conversations, selection, plan, generate_answer, max_new_tokens, decoding, timer)
+        results = self._run(
+            conversations, selection, plan, generate_answer, max_new_tokens, decoding, positions, timer
+        )
         num_layers = self.model.llm.config.num_hidden_layers
         if plan is not None:
             tokens_per_layer = plan.tokens_per_layer(num_layers, selection.budget)
@@ -380,14 +387,28 @@ class GroundingPredictor:
 
     @torch.inference_mode()
     def _run(
-        self, conversations, selection: Selection, plan, generate_answer, max_new_tokens, decoding, timer
+        self,
+        conversations,
+        selection: Selection,
+        plan,
+        generate_answer,
+        max_new_tokens,
+        decoding,
+        positions,
+        timer,
     ) -> list[ExpressionResult]:
         model, tokenizer, images = self.model, self.tokenizer, self._images
         with timer("projector"):
             rows = torch.tensor([c.image for c in conversations], device=images.features.hidden.device)
             visual = selection.gather(images.features.patch_features[rows].to(self.device))
             visual = model.projector(visual.to(model.dtype))
-        batch = splice_visual_tokens(model.llm.model.embed_tokens, [c.ids for c in conversations], visual)
+        batch = splice_visual_tokens(
+            model.llm.model.embed_tokens,
+            [c.ids for c in conversations],
+            visual,
+            visual_positions=selection.indices if positions == "original" else None,
+            image_length=images.features.num_patches,
+        )
         query_ends = [] if plan is None else [self._query_end(c) + visual.shape[1] - 1 for c in conversations]
         with timer("llm"), pruning(model.llm.model, plan, batch.image_spans, query_ends) as state:
             if generate_answer:
