@@ -178,3 +178,14 @@ def _constant_offset_logits(predictor, image, ids, offset):
         sam_pixels, resized, original = sam_preprocess(image)
         embedding = model.sam.embed_image(sam_pixels[None])
         return postprocess_masks(model.sam.decode(embedding, prompts), resized, original)
+
+
+# Methods whose tokens are all made from a coarser grid: two cells may stand for the same patch.
+MADE_TOKENS = {"downsample", "pool"}
+
+
+def pooled_grid_encoder(features, grid):
+    """A stand-in for a second vision pass at a coarser grid: the features average-pooled to it."""
+    rows, cols = grid
+    image = features.transpose(1, 2).reshape(features.shape[0], features.shape[2], rows, cols)
+    return lambda coarse: torch.nn.functional.adaptive_avg_pool2d(image, coarse).flatten(2).transpose(1, 2)

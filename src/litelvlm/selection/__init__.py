@@ -1,6 +1,12 @@
 """Token selection: pure functions from scores to kept patch indices, looked up by name."""
 
+# Registration order is the order the methods are listed in (help texts, reports); the paper's baselines follow
+# the earlier ones.
+# isort: off
 from . import baselines, divprune, in_llm, litelvlm, visionzip  # noqa: F401  (registration side effects)
+from . import vispruner, prumerge, trim, downsample  # noqa: F401
+
+# isort: on
 from .base import (
     CONTEXT,
     DOMINANT,
