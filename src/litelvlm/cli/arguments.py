@@ -104,7 +104,12 @@ def add_method_arguments(
     parser: argparse.ArgumentParser, *, seed_help: str = "seed of the random method"
 ) -> None:
     """Options of the selection methods, shared by the commands that run them."""
-    parser.add_argument("--order", choices=("paper", "raster"), default="paper", help="litelvlm token order")
+    parser.add_argument(
+        "--order",
+        choices=("paper", "raster"),
+        default="paper",
+        help="token order of litelvlm, prumerge and prumerge_plus: their published code's, or raster",
+    )
     parser.add_argument(
         "--low-similarity-share",
         type=share,
@@ -126,18 +131,75 @@ def add_method_arguments(
         "decoder layer, or the number the deepest layers keep",
     )
     parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument(
+        "--option",
+        type=method_option,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a further option of the method(s) that take it (repeatable), e.g. important_ratio=0.75 "
+        "(vispruner), polarity=paper or text_mode=split (trim), count_extra=false (prumerge, prumerge_plus, "
+        "trim), grid=square (downsample, pool); see docs/methods.md",
+    )
+
+
+def add_positions_argument(parser: argparse.ArgumentParser) -> None:
+    """RoPE positions of the kept visual tokens (commands that run the LLM)."""
+    parser.add_argument(
+        "--positions",
+        choices=("compact", "original"),
+        default="compact",
+        help="RoPE positions of kept visual tokens: consecutive (compact, the authors' code) or each token's "
+        "position among all patches (original)",
+    )
+
+
+def method_option(text: str) -> tuple[str, object]:
+    """NAME=VALUE with VALUE read as a bool (true/false), an int, a float or else a string."""
+    name, equals, raw = text.partition("=")
+    if not equals or not name.strip() or not raw.strip():
+        raise argparse.ArgumentTypeError(
+            f"an option is NAME=VALUE, such as important_ratio=0.75, got {text!r}"
+        )
+    raw = raw.strip()
+    value: object = raw
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    else:
+        for kind in (int, float):
+            try:
+                value = kind(raw)
+                break
+            except ValueError:
+                continue
+    return name.strip(), value
+
+
+def check_extra_options(args: argparse.Namespace, methods: list[str]) -> None:
+    """Every --option must be taken by at least one of the methods run (else it would be silently ignored)."""
+    from ..selection import get_method
+
+    for name, _ in args.option:
+        if not any(name in get_method(method).option_names for method in methods):
+            raise LiteLVLMError(
+                f"--option {name!r} is not an option of {', '.join(methods)}; see docs/methods.md for each "
+                "method's options."
+            )
 
 
 def method_options(args: argparse.Namespace, name: str) -> dict:
-    """The subset of the method flags that method `name` accepts."""
+    """The subset of the method flags (and of the --option values) that method `name` accepts."""
     from ..selection import get_method
 
-    return get_method(name).supported(
+    method = get_method(name)
+    options = method.supported(
         order=args.order,
         low_similarity_share=args.low_similarity_share,
         seed=args.seed,
         budget_mode=args.budget_mode,
     )
+    extra = {key: value for key, value in getattr(args, "option", []) if key in method.option_names}
+    return {**options, **extra}
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

@@ -41,6 +41,7 @@ def add_parser(subparsers) -> None:
         "(default: the model's own protocol; see docs/evaluation.md)",
     )
     arguments.add_method_arguments(parser, seed_help="seed of the protocol's sampling and of `random`")
+    arguments.add_positions_argument(parser)
     parser.add_argument(
         "--preset",
         choices=tuple(PRESETS),
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             setattr(args, name, value)
     from ..evaluation.loop import evaluate, run_config
 
+    arguments.check_extra_options(args, args.methods)
     out = arguments.check_output_dir(args.out)
     directory, protocol = _checkpoint_and_protocol(args)
     dataset, data, name, split = arguments.load_data(args)
@@ -113,6 +115,7 @@ def run_preset(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise LiteLVLMError(f"--limit must be at least 1, got {args.limit}.")
     paper.check_methods(preset)
+    arguments.check_extra_options(args, list(preset.methods))
     out = arguments.check_output_dir(args.out)
     directory, protocol = _checkpoint_and_protocol(args)
     published = load_paper_table()
@@ -192,5 +195,7 @@ def _shared_config(args: argparse.Namespace, data: str, protocol: str) -> dict:
             "order": args.order,
             "low_similarity_share": args.low_similarity_share,
             "budget_mode": args.budget_mode,
+            "positions": args.positions,
+            "extra": dict(args.option),
         },
     }

@@ -49,6 +49,7 @@ def add_parser(subparsers) -> None:
         "anyway (litelvlm paper order then permutes them, as the authors' code does)",
     )
     arguments.add_method_arguments(parser)
+    arguments.add_positions_argument(parser)
     parser.add_argument("--generate", action="store_true", help="let the model write its answer (greedy)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="generation length limit")
     parser.add_argument(
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise LiteLVLMError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
     expressions = [check_text(text) for text in args.text]
+    arguments.check_extra_options(args, [args.method])
     image = load_image(args.image)
     device = arguments.resolve_device(args.device)
     start = time.perf_counter()
@@ -100,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         text_source=args.text_source,
         max_new_tokens=args.max_new_tokens,
         full_budget=args.full_budget,
+        positions=args.positions,
         **options,
     )
     paths = mask_paths(out, len(expressions))
@@ -136,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
             {
                 "host": predictor.host.name,
                 "method": args.method,
+                "positions": args.positions,
                 "budget": prediction.budget,
                 "num_patches": predictor.num_patches,
                 "num_visual_tokens": prediction.num_visual_tokens,

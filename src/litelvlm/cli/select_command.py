@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     overlay_path = arguments.check_output_file(args.overlay, "--overlay")
     expressions = [check_text(text) for text in args.text]
     method = get_method(args.method)
+    arguments.check_extra_options(args, [args.method])
     image = load_image(args.image)
     device = arguments.resolve_device(args.device)
     scorer = ClipScorer.from_pretrained(

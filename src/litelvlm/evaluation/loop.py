@@ -27,8 +27,8 @@ from .report import write_reports
 
 RUN_FILE = "run.json"
 # Fields of the run configuration that must match for a run to be resumed.
-IDENTITY_FIELDS = ("data", "dataset", "split", "protocol", "seed", "limit", "model", "clip", "dtype", "options",
-                   "methods", "budgets")  # fmt: skip
+IDENTITY_FIELDS = ("data", "dataset", "split", "protocol", "seed", "limit", "model", "clip", "dtype", "text_source",
+                   "options", "methods", "budgets")  # fmt: skip
 
 
 def unit_key(image_id, method: str, budget: int) -> str:
@@ -198,6 +198,7 @@ def _predict(predictor, plan, method: str, budget: int, image_id, config: dict, 
         answer_templates=[query.answer_template for query in plan.queries],
         turns_per_conversation=plan.turns_per_conversation,
         text_source=config.get("text_source", "questions"),
+        positions=config.get("options", {}).get("positions", "compact"),
         **_options_for(method, image_id, config["seed"], method_options),
     )
 
