@@ -2,8 +2,8 @@
 
 The references below were written from the baselines spec (sections 1-4) alone, without reading the
 project's implementation of these methods. They are plain Python loops over lists, per sample, in float64; the
-only array operations are a float64 cosine (Gram) matrix computed once per sample and row maxima of its blocks, so that
-VisPruner's 60-odd rounds stay fast.
+only array operations are a float64 cosine (Gram) matrix computed once per sample, row maxima of its blocks
+(VisPruner's rounds) and a stable argsort of its rows (PruMerge's neighbours), to keep the suite fast.
 
 Float32 against float64. A ranking can flip when two scores differ by less than float32 rounding.
   * PruMerge's neighbour sets and TRIM's top-k are one cut each. The reference reports the (relative) gap at
@@ -54,7 +54,7 @@ from litelvlm.selection import KIND_NAMES, TokenScores, select_tokens
 
 KEPT, DOMINANT, MERGED = (KIND_NAMES.index(name) for name in ("kept", "dominant", "merged"))
 GRIDS = {"24x24": (24, 24), "16x16": (16, 16)}
-BUDGETS = {"24x24": (1, 7, 33, 63, 64, 128, 192), "16x16": (1, 7, 33, 63, 64, 128)}
+BUDGETS = {"24x24": (1, 7, 33, 64, 128, 192), "16x16": (1, 7, 33, 64, 128)}
 NEAR_TIE = 1e-5  # float32 rankings may legitimately differ from float64 ones below this gap
 ATOL = 1e-5
 TEXTS = [["a red car on the left"], ["the small dog", "a man holding an umbrella"], ["sky", "tree", "road"]]
@@ -170,8 +170,8 @@ def prumerge_merge(kept, attention, keys, features, neighbours=32):
     rows, gaps = [], []
     for i in kept:
         rest = [j for j in kept if j != i] + pruned
-        c = [cosine[i, j] for j in rest]
-        ranked = descending(c)  # ties to the lower position in rest(i)
+        c = cosine[i, rest]
+        ranked = np.argsort(-c, kind="stable")  # descending; ties to the lower position in rest(i)
         gaps.append(c[ranked[count - 1]] - c[ranked[count]] if count < len(rest) else math.inf)
         y = h[i].copy()
         for position in ranked[:count]:
@@ -495,7 +495,7 @@ def test_vispruner_constant_attention_ties_to_the_lowest_indices():
 
 # ---------------------------------------------------------------------------------------------- PruMerge(+)
 PRUMERGE_OPTIONS = [
-    pytest.param(True, "official", range(3), id="extra-official"),
+    pytest.param(True, "official", range(2), id="extra-official"),
     pytest.param(True, "raster", range(1), id="extra-raster"),
     pytest.param(False, "official", range(1), id="noextra-official"),
     pytest.param(False, "raster", range(1), id="noextra-raster"),
