@@ -16,7 +16,7 @@ from ..errors import LiteLVLMError
 
 IMAGE_TOKEN_INDEX = -200
 # RoPE positions of kept visual tokens: consecutive (the authors' and every baseline's code) or each token's
-# place among all of the image's tokens (an ablation: does the layout RoPE encodes matter for grounding?).
+# place among all of the image's tokens (DART and the GAP paper report that the layout matters for grounding).
 POSITIONS = ("compact", "original")
 _VISUAL = -1  # marks visual positions in the spliced id list (never a real token id)
 
