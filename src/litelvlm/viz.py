@@ -98,6 +98,36 @@ def overlay(
     return result
 
 
+def prediction_overlay(image: Image.Image, prediction, predictor, title: str) -> Image.Image:
+    """One panel per conversation of a `Prediction`, side by side: its kept tokens (dimmed where pruned)
+    under its expressions' masks. predictor: the `GroundingPredictor` that made it (grid, CLIP crop)."""
+    geometry = predictor.scorer.preprocess.geometry(*image.size)
+    conversations: dict[int, object] = {}
+    for result in prediction.results:
+        conversations.setdefault(result.conversation, result)
+    panels = []
+    for number, first in sorted(conversations.items()):
+        mine = [r for r in prediction.results if r.conversation == number and r.mask is not None]
+        panels.append(
+            overlay(
+                image,
+                indices=first.indices,
+                kinds=first.kinds,
+                grid=predictor.scorer.grid,
+                geometry=geometry,
+                masks=[r.mask for r in mine],
+                mask_labels=[r.expression for r in mine],
+                title=title,
+            )
+        )
+    canvas = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)))
+    x = 0
+    for panel in panels:
+        canvas.paste(panel, (x, 0))
+        x += panel.width
+    return canvas
+
+
 def draw_legend(
     image: Image.Image, rows: Sequence[tuple[tuple[int, int, int], str]], title: str | None = None
 ) -> None:

@@ -1,4 +1,4 @@
-"""`litelvlm` command line: select | segment | eval | report | analyze | bench.
+"""`litelvlm` command line: select | segment | eval | report | analyze | bench | demo.
 
 Bad input ends in one sentence on stderr and exit code 2, never a traceback; warnings are one line each.
 """
@@ -15,13 +15,15 @@ from ..memory import keep_freed_memory_for_reuse
 from . import (
     analyze_command,
     bench_command,
+    demo_command,
     eval_command,
     report_command,
     segment_command,
     select_command,
 )
 
-COMMANDS = (select_command, segment_command, eval_command, report_command, analyze_command, bench_command)
+COMMANDS = (select_command, segment_command, eval_command, report_command, analyze_command, bench_command,
+            demo_command)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

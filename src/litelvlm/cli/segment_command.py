@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     timings = {**predictor.image_timings, **prediction.timings}
     timings["total"] = sum(timings.values())
     if overlay_path is not None:
-        save_png(overlay_path, _overlay(image, prediction, predictor, conversations, args))
+        save_png(overlay_path, _overlay(image, prediction, predictor, args))
     if json_path is not None:
         write_json(
             json_path,
@@ -168,31 +168,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overlay(image, prediction, predictor, conversations, args):
-    """One panel per conversation: its kept tokens (dimmed where pruned) under its expressions' masks."""
-    from PIL import Image
+def _overlay(image, prediction, predictor, args):
+    from ..viz import prediction_overlay
 
-    from ..viz import overlay
-
-    geometry = predictor.scorer.preprocess.geometry(*image.size)
-    panels = []
-    for number, tokens in sorted(conversations.items()):
-        mine = [r for r in prediction.results if r.conversation == number and r.mask is not None]
-        panels.append(
-            overlay(
-                image,
-                indices=tokens["indices"],
-                kinds=tokens["kinds"],
-                grid=predictor.scorer.grid,
-                geometry=geometry,
-                masks=[r.mask for r in mine],
-                mask_labels=[r.expression for r in mine],
-                title=f"{args.method} @ {prediction.num_visual_tokens}/{predictor.scorer.num_patches}",
-            )
-        )
-    canvas = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)))
-    x = 0
-    for panel in panels:
-        canvas.paste(panel, (x, 0))
-        x += panel.width
-    return canvas
+    title = f"{args.method} @ {prediction.num_visual_tokens}/{predictor.scorer.num_patches}"
+    return prediction_overlay(image, prediction, predictor, title)
