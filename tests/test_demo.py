@@ -137,3 +137,16 @@ def test_examples_are_drawn_not_downloaded(tmp_path):
 def test_demo_cli_bad_arguments(extra, message, capsys):
     assert main(["demo", "--tiny", *extra]) == 2
     assert capsys.readouterr().err.strip() == f"litelvlm demo: error: {message}"
+
+
+def test_in_llm_method_reports_tokens_per_layer(engine, predictor):
+    result = engine.run(
+        "glamm", draw_scene("shapes"), ["the red circle"], "fastv", 400, compare_to_full=False
+    )
+    assert result.kept == predictor.num_patches and result.full_seconds is None and result.speedup is None
+    assert 0 < result.average_per_layer < predictor.num_patches
+    assert "visual tokens enter the LLM" in describe(result, generate=False)
+    before = engine.run(
+        "glamm", draw_scene("shapes"), ["the red circle"], "litelvlm", 64, compare_to_full=False
+    )
+    assert before.average_per_layer is None

@@ -188,3 +188,8 @@ def test_twenty_concurrent_requests_complete_and_the_server_still_answers(server
         assert f"**{budget} / 576** visual tokens kept" in info
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200
+    lisa = Client(url, verbose=False).predict(
+        handle_file(str(image)), "the red circle", "tiny LISA (random)", "fastv", 200, False, api_name="/run"
+    )
+    assert lisa[3] == "done" and "**256 / 256** visual tokens enter the LLM" in lisa[2]  # the other host
+    assert "per decoder layer on average" in lisa[2]  # an in-LLM method prunes inside

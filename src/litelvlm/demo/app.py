@@ -47,7 +47,13 @@ def method_choices() -> list[tuple[str, str]]:
 
 def describe(result: RunResult, generate: bool) -> str:
     """The run's numbers as Markdown: tokens kept, speed-up, per-stage timings, answers, IoU to full."""
-    lines = [f"**{result.kept} / {result.total}** visual tokens kept"]
+    if result.average_per_layer is None:
+        lines = [f"**{result.kept} / {result.total}** visual tokens kept"]
+    else:
+        lines = [
+            f"**{result.kept} / {result.total}** visual tokens enter the LLM, "
+            f"**{result.average_per_layer:.1f}** per decoder layer on average (pruned inside the LLM)"
+        ]
     if result.speedup is not None:
         lines.append(
             f"per-expression time **{1000 * result.predict_seconds:.0f} ms**; the full-token run of the same "
@@ -119,9 +125,13 @@ def build_demo(engine: DemoEngine, *, banner: str | None = None, examples_dir: s
             return None, None, "", _failure(error)
 
     def budget_range(model):
+        """The three budget sliders over the chosen model's patch count."""
         total = engine.num_patches(model)
-        return gr.update(
-            maximum=total, value=min(DEFAULT_BUDGET, total), label=f"budget (of {total}; {total} = full)"
+        value = min(DEFAULT_BUDGET, total)
+        return (
+            gr.update(maximum=total, value=value, label=f"budget (of {total}; {total} = full)"),
+            gr.update(maximum=total, value=value),
+            gr.update(maximum=total, value=value),
         )
 
     example_rows = write_examples(examples_dir or tempfile.mkdtemp(prefix="litelvlm-examples-"))
@@ -182,7 +192,7 @@ def build_demo(engine: DemoEngine, *, banner: str | None = None, examples_dir: s
             api_name="compare",
             concurrency_id="model",
         )
-        model.change(budget_range, model, budget, api_visibility="private")
+        model.change(budget_range, model, [budget, budget_a, budget_b], api_visibility="private")
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     return demo
 

@@ -41,8 +41,9 @@ class RunResult:
     masks_image: Image.Image
     masks: list[np.ndarray | None]
     answers: list[str]
-    kept: int
+    kept: int  # visual tokens entering the LLM
     total: int
+    average_per_layer: float | None  # in-LLM methods: visual tokens per decoder layer, averaged (else None)
     seconds: dict[str, float]  # per stage of this request (the image's stages only when not cached)
     image_cached: bool
     predict_seconds: float  # wall time of the per-expression work (`predict`, image cached)
@@ -157,6 +158,7 @@ class DemoEngine:
     ) -> RunResult:
         """`method` at `budget` on the expressions; the full-token run of the same inputs once (remembered) for
         the speed-up and the IoU to the unpruned masks."""
+        from ..selection import get_method
         from ..viz import overlay, prediction_overlay
 
         predictor = self.predictor(model)
@@ -183,6 +185,7 @@ class DemoEngine:
             answers=[result.answer for result in prediction.results],
             kept=prediction.num_visual_tokens,
             total=total,
+            average_per_layer=prediction.average_visual_tokens if get_method(method).stage == "llm" else None,
             seconds=seconds,
             image_cached=cached,
             predict_seconds=elapsed,
