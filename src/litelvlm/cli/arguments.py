@@ -145,9 +145,11 @@ def add_method_arguments(
 
 def add_positions_argument(parser: argparse.ArgumentParser) -> None:
     """RoPE positions of the kept visual tokens (commands that run the LLM)."""
+    from ..hosts.llm import POSITIONS
+
     parser.add_argument(
         "--positions",
-        choices=("compact", "original"),
+        choices=POSITIONS,
         default="compact",
         help="RoPE positions of kept visual tokens: consecutive (compact, the authors' code) or each token's "
         "position among all patches (original)",
