@@ -24,6 +24,16 @@ def random_select(scores: TokenScores, budget: int, *, seed: int = 0) -> Selecti
     return _top_scores(noise, budget)
 
 
+def cell_centres(grid: tuple[int, int], coarse: tuple[int, int]) -> torch.Tensor:
+    """[rows * cols] raster index of the original patch under the centre of each coarse cell (uniform's
+    sub-grid, downsample/pool's made tokens)."""
+    rows, cols = grid
+    coarse_rows, coarse_cols = coarse
+    row_ids = ((torch.arange(coarse_rows) + 0.5) * rows / coarse_rows).floor().long().clamp(max=rows - 1)
+    col_ids = ((torch.arange(coarse_cols) + 0.5) * cols / coarse_cols).floor().long().clamp(max=cols - 1)
+    return (row_ids[:, None] * cols + col_ids[None, :]).flatten()
+
+
 def uniform_indices(grid: tuple[int, int], budget: int) -> torch.Tensor:
     """`budget` patch indices spread evenly over a rows x cols grid, in raster order.
 
@@ -34,9 +44,7 @@ def uniform_indices(grid: tuple[int, int], budget: int) -> torch.Tensor:
     sub_rows = min(rows, max(1, round(math.sqrt(budget * rows / cols))))
     sub_cols = min(cols, math.ceil(budget / sub_rows))
     sub_rows = min(rows, math.ceil(budget / sub_cols))
-    row_ids = ((torch.arange(sub_rows) + 0.5) * rows / sub_rows).floor().long()
-    col_ids = ((torch.arange(sub_cols) + 0.5) * cols / sub_cols).floor().long()
-    points = (row_ids[:, None] * cols + col_ids[None, :]).flatten()
+    points = cell_centres(grid, (sub_rows, sub_cols))
     if points.numel() > budget:
         points = points[torch.linspace(0, points.numel() - 1, budget).round().long()]
     return points

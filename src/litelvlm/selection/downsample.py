@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import LiteLVLMError
 from .base import MERGED, Selection, TokenScores, register
+from .baselines import cell_centres
 
 GRIDS = ("exact", "square")
 
@@ -39,15 +40,6 @@ def token_grid(
         return side, side
     rows = max(divisor for divisor in range(1, math.isqrt(budget) + 1) if budget % divisor == 0)
     return rows, budget // rows
-
-
-def cell_centres(grid: tuple[int, int], coarse: tuple[int, int]) -> torch.Tensor:
-    """[rows * cols] raster index of the original patch under the centre of each coarse cell."""
-    rows, cols = grid
-    coarse_rows, coarse_cols = coarse
-    row_ids = ((torch.arange(coarse_rows) + 0.5) * rows / coarse_rows).floor().long().clamp(max=rows - 1)
-    col_ids = ((torch.arange(coarse_cols) + 0.5) * cols / coarse_cols).floor().long().clamp(max=cols - 1)
-    return (row_ids[:, None] * cols + col_ids[None, :]).flatten()
 
 
 def _made_tokens(scores: TokenScores, coarse: tuple[int, int], features: torch.Tensor) -> Selection:

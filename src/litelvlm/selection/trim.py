@@ -10,7 +10,16 @@ from __future__ import annotations
 import torch
 
 from ..errors import LiteLVLMError
-from .base import KEPT, MERGED, Selection, TokenScores, gather_rows, raster_selection, register
+from .base import (
+    KEPT,
+    MERGED,
+    Selection,
+    TokenScores,
+    gather_rows,
+    inverse_permutation,
+    raster_selection,
+    register,
+)
 
 POLARITIES = ("code", "paper")
 TEXT_MODES = ("mean", "split")
@@ -37,10 +46,7 @@ def _top(
     """[B, N] bool: per row the `count` largest values (ties to the lower index), skipping `exclude`."""
     if exclude is not None:
         values = values.masked_fill(exclude, float("-inf"))
-    order = values.argsort(dim=1, descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(
-        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
-    )
+    rank = inverse_permutation(values.argsort(dim=1, descending=True, stable=True))
     chosen = rank < (count if isinstance(count, int) else count[:, None])
     return chosen if exclude is None else chosen & ~exclude
 
