@@ -22,7 +22,7 @@ TEXTS = ["Please segment the man in red in this image.", "Please segment the whi
 def clip_scores(scorer, images):
     """Every score field of two images on the tiny CLIP (24 x 24 patches), three texts each."""
     scorer.set_image(images[:2])
-    return scorer.score([*TEXTS, "Please segment the tree in this image."])
+    return scorer.score([*TEXTS, "Please segment the tree in this image."], shared_texts=True)
 
 
 def test_token_grids_of_the_paper_budgets():

@@ -792,7 +792,7 @@ def test_new_score_fields_match_the_hooked_forward(clip_case, images):
 
 def clip_scores(scorer, method):
     texts = TEXTS if method == "trim" else ()
-    return scorer.score(texts, needs=method)
+    return scorer.score(texts, needs=method, shared_texts=True)
 
 
 def test_vispruner_on_tiny_clip(clip_case):

@@ -15,7 +15,7 @@ TEXTS = ["Please segment the man in red in this image.", "the white car"]
 def test_scores_match_hooked_reference(scorer, images):
     pixels = scorer.pixel_values(images[:2])
     features = scorer.encode_image(pixels)
-    scores = scorer.score(TEXTS, features=features)
+    scores = scorer.score(TEXTS, features=features, shared_texts=True)
     tokens = scorer.tokenizer(TEXTS, padding=True, return_tensors="pt")
     hidden, context, similarity = clip_reference_scores(
         scorer.model, pixels, tokens["input_ids"], tokens["attention_mask"]

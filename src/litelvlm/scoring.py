@@ -20,18 +20,38 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoints import hub_error, looks_like_hub_id, read_config, resolve_checkpoint
+from .checkpoints import (
+    COUNT,
+    OBJECT,
+    POSITIVE,
+    TEXT,
+    check_config_fields,
+    check_device,
+    config_value,
+    error_with_fix,
+    hub_error,
+    read_config,
+    reason_of,
+    resolve_checkpoint,
+    shown,
+    size_mismatch,
+)
 from .errors import LiteLVLMError
+from .hosts.checkpoint_files import Shapes, check_weights, layer_count, tensor_index, weight_files
 from .images import ClipPreprocess, load_image
 from .patch_scores import cls_attention, context_contribution, text_patch_similarity
 from .selection import TokenScores, get_method
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"
+CLIP_FLAG = "--clip"  # the CLI option that takes a CLIP checkpoint (named only in the CLI's messages)
+IMAGE_PLACEHOLDER = "<image>"  # where the host prompts put the picture; an expression must not hold it
 TEXT_CACHE_SIZE = 4096
 ALL_SCORES = frozenset(
     {
@@ -97,6 +117,68 @@ def _layer_call_style(layer: torch.nn.Module) -> bool:
     return "causal_attention_mask" in inspect.signature(layer.forward).parameters
 
 
+# The kind of every CLIP config.json field the model's shapes follow, checked before transformers reads them.
+TOWERS = {  # tower -> its size fields beyond the shared ones
+    "vision": ("image_size", "patch_size", "num_channels"),
+    "text": ("vocab_size", "max_position_embeddings"),
+}
+_TOWER_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+CLIP_CONFIG_FIELDS = {
+    "vision_config": OBJECT,
+    "text_config": OBJECT,
+    "projection_dim": COUNT,
+    **{f"{tower}_config.{name}": COUNT for tower, own in TOWERS.items() for name in (*_TOWER_SIZES, *own)},
+    **{f"{tower}_config.hidden_act": TEXT for tower in TOWERS},
+    **{f"{tower}_config.layer_norm_eps": POSITIVE for tower in TOWERS},
+}
+CLIP_DIVISIBLE = tuple(
+    (f"{tower}_config.hidden_size", f"{tower}_config.num_attention_heads") for tower in TOWERS
+)
+TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
+
+
+def check_clip_checkpoint(directory: str) -> Shapes:
+    """Refuse a local CLIP checkpoint that transformers would load with a traceback or, worse, quietly wrong
+    (unused layers dropped, missing ones initialised at random): config.json's kinds of fields, every weight
+    file's bytes, the encoder depth and every tensor's shape against config.json. Returns the weights' index."""
+    config = read_config(directory, "CLIP checkpoint", CLIP_FLAG)
+    where = repr(str(Path(directory) / "config.json"))
+    if config.get("model_type") != "clip" or "vision_config" not in config:
+        raise error_with_fix(
+            f"{directory!r} is not a CLIP checkpoint (config.json has model_type {config.get('model_type')!r}, "
+            "expected 'clip')",
+            "pass a CLIP checkpoint directory",
+            CLIP_FLAG,
+        )
+    check_config_fields(config, CLIP_CONFIG_FIELDS, where, CLIP_DIVISIBLE)
+    found = tensor_index(weight_files(directory), lambda key: True)
+    for tower in TOWERS:
+        depth = f"{tower}_config.num_hidden_layers"
+        stated, layers = config_value(config, depth), layer_count(found, f"{tower}_model.encoder.layers.")
+        if stated is not None and stated != layers:
+            raise size_mismatch(
+                where, depth, stated, layers, f"the weights hold {layers} {tower} encoder layers"
+            )
+    check_weights(found, _expected_shapes(config, where), where, "CLIP checkpoint")
+    return found
+
+
+def _expected_shapes(config: dict, where: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the CLIPModel that `config` describes (built on the meta device: no memory, no time)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            model = CLIPModel(CLIPConfig.from_dict(config))
+    except Exception as error:  # noqa: BLE001 - transformers' validation errors vary by version
+        raise LiteLVLMError(
+            f"{where} describes no CLIP model transformers can build ({reason_of(error)}); fix config.json or "
+            "re-download it."
+        ) from None
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
 class ClipScorer:
     """Scores patches of images against texts with a CLIP model; caches per-image work like SAM's predictor.
 
@@ -144,27 +226,38 @@ class ClipScorer:
         device: str | torch.device = "cpu",
         select_layer: int = -2,
     ) -> ClipScorer:
-        """Load a CLIP checkpoint directory (or hub id) in the layout of openai/clip-vit-large-patch14-336."""
+        """Load a CLIP checkpoint directory (or hub id) in the layout of openai/clip-vit-large-patch14-336.
+
+        A local directory (a hub id found in the local cache counts as one) is checked before transformers
+        reads it: config.json's fields, every weight file's bytes, the weights against the config and the
+        tokenizer against the text embeddings, each failure one sentence naming the file and the fix.
+        """
         from transformers import AutoTokenizer, CLIPModel
 
-        name = resolve_checkpoint(path_or_id, "CLIP checkpoint", "--clip")
+        device = check_device(device)
+        name = resolve_checkpoint(path_or_id, "CLIP checkpoint", CLIP_FLAG)
         is_local = os.path.isdir(name)
+        embeddings = "its text embedding matrix"
         if is_local:
-            config = read_config(name, "CLIP checkpoint", "--clip")
-            if config.get("model_type") != "clip" or "vision_config" not in config:
-                raise LiteLVLMError(
-                    f"{name!r} is not a CLIP checkpoint (config.json has model_type "
-                    f"{config.get('model_type')!r}, expected 'clip'); pass a CLIP directory with --clip."
-                )
+            found = check_clip_checkpoint(name)
+            embeddings = f"{TOKEN_EMBEDDING} in {str(found[TOKEN_EMBEDDING][1])!r}"
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = CLIPModel.from_pretrained(name, local_files_only=is_local)
                 tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=is_local)
-        except OSError as error:
-            if is_local or not looks_like_hub_id(name):
-                raise LiteLVLMError(f"could not load the CLIP checkpoint in {name!r}: {error}") from None
-            raise hub_error(name, "CLIP", "--clip", error) from None
+        except Exception as error:  # noqa: BLE001 - whatever transformers raises, the advice is the same
+            if not is_local:
+                raise hub_error(name, "CLIP checkpoint", CLIP_FLAG, error) from None
+            raise LiteLVLMError(
+                f"could not load the CLIP checkpoint in {name!r} ({reason_of(error)}); re-download it."
+            ) from None
+        rows = model.text_model.embeddings.token_embedding.num_embeddings
+        if len(tokenizer) > rows:  # ids past the matrix: an IndexError deep in torch.embedding
+            raise LiteLVLMError(
+                f"the CLIP tokenizer in {name!r} has {len(tokenizer)} tokens but {embeddings} has only {rows} "
+                "rows; use the tokenizer files that came with this checkpoint."
+            )
         model = model.to(device=device, dtype=dtype)
         preprocess = ClipPreprocess.from_dir(
             name if is_local else _hub_dir(name), model.config.vision_config.image_size
@@ -182,8 +275,8 @@ class ClipScorer:
     # ------------------------------------------------------------------ vision
     def pixel_values(self, images: Sequence[Image.Image | str | os.PathLike] | Image.Image) -> torch.Tensor:
         """Preprocessed pixels [B, 3, S, S] on the model's device and dtype."""
-        if isinstance(images, (Image.Image, str, os.PathLike)):
-            images = [images]
+        if isinstance(images, (Image.Image, str, os.PathLike, np.ndarray)):
+            images = [images]  # (an array iterated row by row would pass as many gray images)
         pixels = self.preprocess([load_image(image) for image in images])
         return pixels.to(device=self.device, dtype=self.dtype)
 
@@ -350,11 +443,14 @@ class ClipScorer:
         *,
         rows: torch.Tensor | None = None,
         text_embeds: torch.Tensor | None = None,
+        shared_texts: bool = False,
     ) -> TokenScores:
         """Scores of the cached image(s) for the given texts, one row per image (or per entry of `rows`).
 
-        texts: one list of T strings shared by every row, or one list per row (lengths may differ;
-            `text_mask` marks the real ones). Not needed when `needs` excludes "similarity".
+        texts: one list per row (lengths may differ; `text_mask` marks the real ones), or, for a single row, one
+            flat list of T strings. Not needed when `needs` excludes "similarity".
+        shared_texts: let one flat list go to every row (otherwise a flat list for several rows is refused, as
+            it is usually one text per image meant).
         needs: the score fields to compute, or a method name whose needs to use.
         features: the images' features (default: those of `set_image`).
         rows: int64 [R], the image of each output row (e.g. several conversations about one image); the
@@ -368,7 +464,7 @@ class ClipScorer:
         batch_size = features.batch_size if rows is None else len(rows)
         scores = TokenScores(batch_size, features.num_patches, features.grid)
         if "similarity" in needs:
-            per_row = texts_per_image(texts, batch_size)
+            per_row = texts_per_image(texts, batch_size, shared=shared_texts)
             if text_embeds is None:
                 text_embeds = self.encode_text([text for group in per_row for text in group])
             scores.similarity, scores.text_mask = _similarity(
@@ -408,19 +504,52 @@ def _similarity(
 
 
 def check_text(text: object) -> str:
-    if not isinstance(text, str) or not text.strip():
+    """`text` if it is a usable referring expression: a non-empty str of valid Unicode (no surrogate escapes,
+    which Python makes of command-line bytes that are not UTF-8) without the prompt's image placeholder."""
+    if not isinstance(text, str):
+        raise LiteLVLMError(
+            f"text {shown(text)} is a {type(text).__name__}, not a string; pass each referring expression as a "
+            "str such as 'the man in red'."
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LiteLVLMError(
+            f"text {shown(text)} is not valid UTF-8 (it holds undecodable bytes); pass the expression as UTF-8 "
+            "text."
+        ) from None
+    if not text.strip():
         raise LiteLVLMError(f"text {text!r} is empty; pass a referring expression such as 'the man in red'.")
+    if IMAGE_PLACEHOLDER in text:
+        raise LiteLVLMError(
+            f"text {shown(text)} contains {IMAGE_PLACEHOLDER}, the prompt's placeholder for the picture; remove it "
+            "from the expression."
+        )
     return text
 
 
-def texts_per_image(texts: Sequence[str] | Sequence[Sequence[str]], batch_size: int) -> list[list[str]]:
-    """Normalise `texts` to one non-empty list per image."""
+def texts_per_image(
+    texts: Sequence[str] | Sequence[Sequence[str]], batch_size: int, *, shared: bool = False
+) -> list[list[str]]:
+    """Normalise `texts` to one non-empty list per image: one list of lists, one per image, or one flat list
+    when a single image is set (or `shared`: the same texts for every image)."""
     if isinstance(texts, str):
         texts = [texts]
     if len(texts) == 0:
         raise LiteLVLMError("no text given; pass at least one referring expression.")
-    if all(isinstance(text, str) for text in texts):
+    nested = [isinstance(group, (list, tuple)) for group in texts]
+    if not any(nested):  # one flat list (its items are checked as texts when encoded)
+        if batch_size != 1 and not shared:
+            raise LiteLVLMError(
+                f"got one flat list of {len(texts)} text(s) for {batch_size} images; pass one list of texts per "
+                "image, e.g. [['a'], ['b']] (or shared_texts=True to score every image against the same texts)."
+            )
         return [list(texts)] * batch_size
+    if not all(nested):
+        raise LiteLVLMError(
+            f"texts {shown(list(texts))} mixes strings and lists; pass one list of texts per image, e.g. "
+            "[['a'], ['b']], or a flat list of strings for one image."
+        )
     groups = [list(group) for group in texts]
     if len(groups) != batch_size:
         raise LiteLVLMError(

@@ -31,6 +31,7 @@ class GlammHost(Host):
     architectures = ("GLaMMForCausalLM",)
     example_checkpoint = "MBZUAI/GLaMM-RefSeg"
     sam_prefix = "model.grounding_encoder."
+    projector_input_key = "model.mm_projector.0.weight"
     skipped_prefixes = ("model.region_encoder.", "model.vision_tower.", "model.vision_model.")
     default_vision_tower = "openai/clip-vit-large-patch14-336"
     clip_image_size = 336

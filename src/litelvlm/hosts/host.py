@@ -16,7 +16,18 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import LiteLVLMError
+from ..checkpoints import (
+    COUNT,
+    FLAG,
+    NUMBER,
+    OBJECT,
+    POSITIVE,
+    TEXT,
+    TOKEN_IDS,
+    WHOLE,
+    check_config_fields,
+    error_with_fix,
+)
 
 # The LlamaConfig fields a host's config.json carries for its language model.
 LLAMA_FIELDS = (
@@ -50,8 +61,35 @@ LLAMA_7B = {
     "pad_token_id": 0,
     "tie_word_embeddings": False,
 }
+MODEL_FLAG = "--model"  # the CLI option that takes a host checkpoint (named only in the CLI's messages)
 # config.json fields without which no host's checkpoint can be built.
 REQUIRED_FIELDS = ("hidden_size", "num_hidden_layers", "mm_hidden_size")
+# The kind of every config.json field the core reads, checked before use (absent or null fields take defaults).
+CONFIG_FIELDS = {
+    "vocab_size": COUNT,
+    "hidden_size": COUNT,
+    "intermediate_size": COUNT,
+    "num_hidden_layers": COUNT,
+    "num_attention_heads": COUNT,
+    "num_key_value_heads": COUNT,
+    "max_position_embeddings": COUNT,
+    "hidden_act": TEXT,
+    "rms_norm_eps": POSITIVE,
+    "rope_theta": POSITIVE,
+    "rope_scaling": OBJECT,
+    "initializer_range": NUMBER,
+    "bos_token_id": TOKEN_IDS,
+    "eos_token_id": TOKEN_IDS,
+    "pad_token_id": TOKEN_IDS,
+    "tie_word_embeddings": FLAG,
+    "mm_hidden_size": COUNT,
+    "out_dim": COUNT,
+    "mm_vision_select_layer": WHOLE,
+    "mm_vision_tower": TEXT,
+    "vision_tower": TEXT,
+}
+# (field, divisor) pairs: attention heads split the width, and key-value heads group the query heads.
+DIVISIBLE_FIELDS = (("hidden_size", "num_attention_heads"), ("num_attention_heads", "num_key_value_heads"))
 
 
 @dataclass(frozen=True)
@@ -90,6 +128,7 @@ class Host:
     architectures: tuple[str, ...]  # config.json `architectures` entries that identify the host
     example_checkpoint: str  # a hub id to name in messages
     sam_prefix: str  # where the checkpoint stores SAM (Meta key names below it)
+    projector_input_key: str  # the checkpoint's first projector weight, [LLM width, CLIP width]
     skipped_prefixes: tuple[str, ...] = ()  # checkpoint tensors this host never reads
     default_vision_tower: str  # the CLIP checkpoint when config.json names none
     clip_image_size: int  # the CLIP resolution the host was trained with (patches = (size / 14)^2)
@@ -103,25 +142,31 @@ class Host:
 
     def matches(self, config: Mapping) -> bool:
         """Whether a config.json names this host."""
-        return any(name in self.architectures for name in config.get("architectures") or ())
+        names = config.get("architectures")
+        if isinstance(names, str):
+            names = [names]
+        return isinstance(names, list) and any(name in self.architectures for name in names)
 
     def unsupported_layout(self, directory: Path, config: Mapping) -> str | None:
         """A sentence saying why a checkpoint of this family cannot be loaded (e.g. a legacy layout), else None."""
         return None
 
     def parse_config(self, config: Mapping, where: str) -> HostConfig:
-        """A HostConfig from config.json (`where` names the file in messages)."""
-        missing = [name for name in REQUIRED_FIELDS if name not in config]
+        """A HostConfig from config.json (`where` names the file in messages); fields of the wrong kind (a word
+        where a size belongs, a layer count of 0) are one sentence naming the field."""
+        missing = [name for name in REQUIRED_FIELDS if config.get(name) is None]
         if missing:
-            raise LiteLVLMError(
-                f"{where} lacks {', '.join(missing)}, so it is not a {self.display_name} checkpoint config; "
-                f"pass a directory such as {self.example_checkpoint} with --model."
+            raise error_with_fix(
+                f"{where} lacks {', '.join(missing)}, so it is not a {self.display_name} checkpoint config",
+                f"pass a directory such as {self.example_checkpoint}",
+                MODEL_FLAG,
             )
+        check_config_fields(config, CONFIG_FIELDS, where, DIVISIBLE_FIELDS)
         return HostConfig(
             llama={name: config[name] for name in LLAMA_FIELDS if config.get(name) is not None},
-            mm_hidden_size=int(config["mm_hidden_size"]),
-            out_dim=int(config.get("out_dim", self.default_out_dim)),
-            select_layer=int(config.get("mm_vision_select_layer", -2)),
+            mm_hidden_size=config["mm_hidden_size"],
+            out_dim=_or_default(config.get("out_dim"), self.default_out_dim),
+            select_layer=_or_default(config.get("mm_vision_select_layer"), -2),
             vision_tower=config.get("mm_vision_tower")
             or config.get("vision_tower")
             or self.default_vision_tower,
@@ -138,3 +183,8 @@ class Host:
 
     def __repr__(self) -> str:
         return f"<host {self.name}>"
+
+
+def _or_default(value, default):
+    """A config.json value, or `default` when the field is absent or null."""
+    return default if value is None else value

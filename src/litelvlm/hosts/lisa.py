@@ -41,6 +41,7 @@ class LisaHost(Host):
     architectures = ("LISAForCausalLM",)
     example_checkpoint = "xinlai/LISA-7B-v1"
     sam_prefix = "model.visual_model."
+    projector_input_key = "model.mm_projector.weight"
     skipped_prefixes = ("model.vision_tower.",)
     default_vision_tower = "openai/clip-vit-large-patch14"
     clip_image_size = 224

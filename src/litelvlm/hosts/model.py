@@ -18,6 +18,7 @@ The CLIP vision tower is not in the checkpoints; the predictor loads it from its
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -25,12 +26,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoints import check_device, reason_of, size_mismatch
 from ..errors import LiteLVLMError
-from .checkpoint_files import iter_shards, tensor_shapes, weight_files
+from .checkpoint_files import Shapes, iter_shards, layer_count, tensor_index, weight_files
 from .host import Host, HostConfig
 from .sam import build_grounding_sam, infer_sam_overrides, meta_to_hf_sam_key
+from .tokenizer import LegacyLlamaTokenizer
 
 EMBEDDINGS_KEY = "model.embed_tokens.weight"
+LAYERS_PREFIX = "model.layers."
+# Checkpoint tensors whose shapes (metadata only) config.json's sizes are checked against.
+SIZE_KEYS = (EMBEDDINGS_KEY, "model.mm_projector.", LAYERS_PREFIX)
 
 
 class GroundingModel(nn.Module):
@@ -86,27 +92,44 @@ def load_grounding_model(
 ) -> GroundingModel:
     """Build the host's model empty, then stream the checkpoint in shard by shard (cast to `dtype` on `device`).
 
-    `config` is the directory's config.json. Missing, unknown or mis-shaped keys raise `LiteLVLMError` naming
-    the first few; nothing is left randomly initialised. Skipped tensors are never read.
+    `config` is the directory's config.json. Before any weight is read: the device must exist, config.json's
+    fields must have the right kinds and agree with the weights' shapes, and the tokenizer must fit the embedding
+    matrix. Missing, unknown or mis-shaped keys raise `LiteLVLMError` naming the first few; nothing is left
+    randomly initialised. Skipped tensors are never read.
     """
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
 
+    device = check_device(device)
     directory = Path(directory)
-    parsed = host.parse_config(config, f"{directory}/config.json")
+    where = repr(str(directory / "config.json"))
+    parsed = host.parse_config(config, where)
     files = weight_files(directory)
-    shapes = tensor_shapes(files, lambda key: key.startswith((host.sam_prefix, EMBEDDINGS_KEY)))
-    if EMBEDDINGS_KEY not in shapes:
+    found = tensor_index(files, lambda key: key.startswith((host.sam_prefix, *SIZE_KEYS)))
+    if EMBEDDINGS_KEY not in found:
         raise LiteLVLMError(
             f"{str(directory)!r} has no {EMBEDDINGS_KEY}; it is not a {host.display_name} checkpoint."
         )
+    check_sizes(host, config, found, where)
+    rows = found[EMBEDDINGS_KEY][0][0]
+    tokenizer = LegacyLlamaTokenizer.from_pretrained(
+        directory, required_tokens=host.added_tokens, host_name=host.display_name
+    )
+    tokenizer.check_fits(rows, f"{EMBEDDINGS_KEY} in {str(found[EMBEDDINGS_KEY][1])!r}")
+    shapes = {key: shape for key, (shape, _) in found.items()}
     parsed = replace(parsed, sam=infer_sam_overrides(shapes, host.sam_prefix))
-    with init_empty_weights(include_buffers=False):
-        model = GroundingModel(host, parsed, vocab_size=shapes[EMBEDDINGS_KEY][0])
+    try:
+        with init_empty_weights(include_buffers=False):
+            model = GroundingModel(host, parsed, vocab_size=rows)
+    except Exception as error:  # noqa: BLE001 - e.g. an activation transformers does not know (no memory is used)
+        raise LiteLVLMError(
+            f"{where} describes a {host.display_name} that cannot be built ({reason_of(error)}); fix config.json "
+            "or re-download it."
+        ) from None
     expected = dict(model.state_dict(keep_vars=True))
     loaded: set[str] = set()
     unexpected: list[str] = []
-    for shard in iter_shards(files, wanted=lambda key: checkpoint_key_targets(host, key) is not None):
+    for path, shard in iter_shards(files, wanted=lambda key: checkpoint_key_targets(host, key) is not None):
         for key, tensor in shard.items():
             targets = checkpoint_key_targets(host, key)
             if not targets or any(target not in expected for target in targets):
@@ -115,8 +138,9 @@ def load_grounding_model(
             for target in targets:
                 if tuple(expected[target].shape) != tuple(tensor.shape):
                     raise LiteLVLMError(
-                        f"checkpoint tensor {key!r} has shape {tuple(tensor.shape)} but {host.display_name} "
-                        f"expects {tuple(expected[target].shape)}; the checkpoint does not match its config.json."
+                        f"checkpoint tensor {key!r} in {str(path)!r} has shape {tuple(tensor.shape)} but "
+                        f"{host.display_name} expects {tuple(expected[target].shape)} from {where}; the "
+                        "checkpoint does not match its config.json (re-download it)."
                     )
                 set_module_tensor_to_device(model, target, device, value=tensor, dtype=dtype)
                 loaded.add(target)
@@ -133,6 +157,43 @@ def load_grounding_model(
             "it is incomplete (re-download it) — nothing is initialised at random."
         )
     return model.to(device).eval()
+
+
+def check_sizes(host: Host, config: Mapping, found: Shapes, where: str) -> None:
+    """Refuse a config.json whose sizes its weights contradict: hidden_size against the embedding matrix,
+    num_hidden_layers against the decoder layers present, mm_hidden_size against the projector's input (a
+    vocab_size other than the embedding's rows is only a warning).
+    (The model is built to the config, so a wrong size would refuse good weights, or, for the layer count, drop
+    some silently.)"""
+    shape, embeddings = found[EMBEDDINGS_KEY]
+    if len(shape) != 2:
+        raise LiteLVLMError(
+            f"{EMBEDDINGS_KEY} in {str(embeddings)!r} has shape {shape}, not (rows, width); re-download the "
+            "checkpoint."
+        )
+    rows, width = shape
+    embedding = f"{EMBEDDINGS_KEY} in {str(embeddings)!r}"
+    layers = layer_count(found, LAYERS_PREFIX)
+    stated_vocab = config.get("vocab_size")
+    if stated_vocab is not None and stated_vocab != rows:
+        # Only a warning: the model is built with the embedding's rows, and the tokenizer is checked against
+        # those below; a config that missed a resize must not block a good checkpoint.
+        warnings.warn(
+            f"{where} says vocab_size = {stated_vocab} but {embedding} has {rows} rows; using {rows}.",
+            stacklevel=2,
+        )
+    checks = [
+        ("hidden_size", width, f"{embedding} is {width} wide"),
+        ("num_hidden_layers", layers, f"the weights hold {layers} decoder layers ({LAYERS_PREFIX}N)"),
+    ]
+    if host.projector_input_key in found:
+        shape, path = found[host.projector_input_key]
+        projector = f"{host.projector_input_key} in {str(path)!r}"
+        checks.append(("mm_hidden_size", shape[-1], f"{projector} takes {shape[-1]}-wide CLIP features"))
+    for field, actual, evidence in checks:
+        stated = config.get(field)
+        if stated is not None and actual and stated != actual:  # no layers found: the key check names them
+            raise size_mismatch(where, field, stated, actual, evidence)
 
 
 def random_grounding_model(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..checkpoints import hub_error, looks_like_hub_id, read_config, resolve_checkpoint
+from ..checkpoints import error_with_fix, hub_error, read_config, resolve_checkpoint
 from ..errors import LiteLVLMError
 from .checkpoint_files import tensor_shapes, weight_files
 from .glamm import GlammHost
-from .host import Host
+from .host import MODEL_FLAG, Host
 from .lisa import LisaHost
 
 HOSTS: dict[str, Host] = {host.name: host for host in (GlammHost(), LisaHost())}
@@ -27,8 +27,9 @@ def get_host(name: str) -> Host:
 
 
 def local_checkpoint_dir(path_or_id: str | os.PathLike) -> str:
-    """A local directory for a checkpoint given as a directory or a hub id (downloaded by the hub client)."""
-    name = resolve_checkpoint(path_or_id, "model checkpoint", "--model")
+    """A local directory for a checkpoint given as a directory or a hub id (from the local cache, else downloaded
+    by the hub client when the hub is reachable; `resolve_checkpoint` refuses at once when it is not)."""
+    name = resolve_checkpoint(path_or_id, "model checkpoint", MODEL_FLAG)
     if os.path.isdir(name):
         return name
     try:
@@ -36,9 +37,7 @@ def local_checkpoint_dir(path_or_id: str | os.PathLike) -> str:
 
         return snapshot_download(name)
     except Exception as error:  # noqa: BLE001 - any hub failure gets the same advice
-        if looks_like_hub_id(name):
-            raise hub_error(name, "model checkpoint", "--model", error) from None
-        raise
+        raise hub_error(name, "model checkpoint", MODEL_FLAG, error) from None
 
 
 def detect_host(directory: str | os.PathLike) -> tuple[Host, dict]:
@@ -46,7 +45,7 @@ def detect_host(directory: str | os.PathLike) -> tuple[Host, dict]:
     without that field) by where the weights keep SAM. Unsupported layouts and unknown models are one clear
     sentence each."""
     directory = Path(directory)
-    config = read_config(str(directory), "model checkpoint", "--model")
+    config = read_config(str(directory), "model checkpoint", MODEL_FLAG)
     for host in HOSTS.values():
         reason = host.unsupported_layout(directory, config)
         if reason:
@@ -58,12 +57,13 @@ def detect_host(directory: str | os.PathLike) -> tuple[Host, dict]:
         return found[0], config
     first, *others = HOSTS.values()
     described = f"architectures {config.get('architectures')!r}, model_type {config.get('model_type')!r}"
-    raise LiteLVLMError(
-        f"{str(directory)!r} is not a {first.display_name} checkpoint, nor a "
-        + ", nor a ".join(host.display_name for host in others)
-        + f" one (its config.json has {described}); pass a directory such as "
-        + " or ".join(host.example_checkpoint for host in HOSTS.values())
-        + " with --model."
+    nor = ", nor a ".join(host.display_name for host in others)
+    examples = " or ".join(host.example_checkpoint for host in HOSTS.values())
+    raise error_with_fix(
+        f"{str(directory)!r} is not a {first.display_name} checkpoint, nor a {nor} one (its config.json has "
+        f"{described})",
+        f"pass a directory such as {examples}",
+        MODEL_FLAG,
     )
 
 

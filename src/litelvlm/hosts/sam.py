@@ -224,12 +224,21 @@ def infer_sam_overrides(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> d
         grid = shapes[encoder + "pos_embed"][1]
     except (KeyError, IndexError):
         raise LiteLVLMError(f"the checkpoint lacks SAM image-encoder weights ({prefix}*).") from None
-    head_dim = rel_pos[0][1]
+    try:
+        head_dim = rel_pos[0][1]
+        heads, remainder = divmod(hidden, head_dim)
+    except (IndexError, ZeroDivisionError):
+        heads, remainder = 0, 1
+    if remainder or not heads:  # the shapes contradict each other: a damaged or hand-edited checkpoint
+        raise LiteLVLMError(
+            f"the checkpoint's SAM image-encoder shapes ({prefix}image_encoder.*) do not describe a SAM ViT "
+            "(no head width divides the patch-embedding width); re-download the checkpoint."
+        )
     windowed = [shape[0] for shape in rel_pos if shape[0] != 2 * grid - 1]
     found = SamSizes(
         hidden_size=hidden,
         num_hidden_layers=len(blocks),
-        num_attention_heads=hidden // head_dim,
+        num_attention_heads=heads,
         mlp_dim=mlp_dim,
         window_size=(windowed[0] + 1) // 2 if windowed else SAM_VIT_H.window_size,
         global_attn_indexes=tuple(i for i, shape in zip(blocks, rel_pos) if shape[0] == 2 * grid - 1),

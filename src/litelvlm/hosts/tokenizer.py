@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..checkpoints import POSITIVE, check_config_fields
 from ..errors import LiteLVLMError
 from .conversation import IM_END, IM_START, IMAGE_TOKEN, SEG
 from .llm import IMAGE_TOKEN_INDEX
@@ -105,6 +106,7 @@ class LegacyLlamaTokenizer:
         self.im_start_id = self.added_tokens[IM_START]
         self.im_end_id = self.added_tokens[IM_END]
         self._added_by_id = {index: token for token, index in ordered}
+        self.source = "the tokenizer"  # from_pretrained names its files here, for messages
 
         # The no-split tokens of the 4.28-4.31 slow tokenizer. Tokens from added_tokens.json were plain strings,
         # so the whitespace on both sides was stripped; bos/eos/unk were AddedTokens with lstrip = rstrip = False.
@@ -159,6 +161,8 @@ class LegacyLlamaTokenizer:
                 config.update(
                     {key: value for key, value in _read_json(directory / name).items() if value is not None}
                 )
+        where = repr(str(directory / "tokenizer_config.json"))
+        check_config_fields(config, {"model_max_length": POSITIVE}, where)
         sp_model = spm.SentencePieceProcessor()
         try:
             sp_model.Load(str(model_file))
@@ -167,7 +171,7 @@ class LegacyLlamaTokenizer:
                 f"{model_file} is not a SentencePiece model ({error}); restore it from the checkpoint."
             ) from None
         hf_tokenizer = _load_modern(directory) if mode == "modern" else None
-        return cls(
+        tokenizer = cls(
             sp_model,
             added,
             bos_token=_token_content(config.get("bos_token"), "<s>"),
@@ -179,6 +183,19 @@ class LegacyLlamaTokenizer:
             required_tokens=required_tokens,
             host_name=host_name,
         )
+        tokenizer.source = f"the tokenizer ({str(model_file)!r} + {added_file.name})"
+        return tokenizer
+
+    def check_fits(self, rows: int, embeddings: str) -> None:
+        """Refuse a tokenizer with ids beyond the model's `rows` embedding rows (`embeddings` names the matrix and
+        its file): it comes from another checkpoint, so its ids (and [SEG]'s) are not the ones the model learnt,
+        and the highest would index past the matrix."""
+        if self.vocab_size > rows:
+            raise LiteLVLMError(
+                f"{self.source} has {self.vocab_size} tokens ({self.sp_vocab_size} SentencePiece pieces + "
+                f"{len(self.added_tokens)} added, [SEG] = id {self.seg_id}) but {embeddings} has only {rows} rows; "
+                "use the tokenizer files that came with this checkpoint."
+            )
 
     # -- encoding ---------------------------------------------------------------------------------------------
 
