@@ -19,6 +19,7 @@ from litelvlm.data import (
 )
 from litelvlm.errors import LiteLVLMError
 from litelvlm.testing.refcoco import BACKGROUND, make_tiny_refcoco
+from test_images import displayed_reference, oriented_file, patterned
 
 IMAGE_DIRS = {"glamm": "coco_2014/train2014", "lisa": "images/mscoco/images/train2014"}
 REFS = {"refcoco": "refs(unc).p", "refcoco+": "refs(unc).p", "refcocog": "refs(umd).p"}
@@ -342,3 +343,123 @@ def test_jsonl_errors_name_the_line(jsonl_dir, lines, message):
 def test_jsonl_missing_file(tmp_path):
     with pytest.raises(LiteLVLMError, match="JSONL file .*nope.jsonl' does not exist"):
         load_jsonl(tmp_path / "nope.jsonl")
+
+
+# ---- EXIF orientation: annotations are on the stored pixels, predictions on the displayed image -------------
+
+
+def test_refcoco_masks_and_sizes_follow_the_exif_orientation(tmp_path):
+    root = make_tiny_refcoco(tmp_path, "refcoco")
+    plain = load_refcoco(root, "refcoco", "val")
+    size = plain[1].width, plain[1].height  # image 1 has 3 referents
+    masks = [plain.mask(referent) for referent in plain[1].referents]
+    first_mask = plain.mask(plain[0].referents[0])
+    with Image.open(plain[1].path) as image:
+        stored = np.asarray(image)
+    oriented_file(plain[1].path, stored, 6, quality=95)  # the same pixels, now displayed turned
+    data = load_refcoco(root, "refcoco", "val")
+    assert all("orientation" not in entry.__dict__ for entry in data)  # no header read while loading
+    entry = data[1]
+    assert (entry.stored_width, entry.stored_height) == size
+    assert (entry.width, entry.height) == size[::-1] == data.load_image(entry).size
+    picture = np.asarray(data.load_image(entry), dtype=np.float64)
+    for before, referent in zip(masks, entry.referents):
+        mask = data.mask(referent)
+        assert np.array_equal(mask, displayed_reference(before, 6))
+        inside = picture[mask > 0]  # the displayed object lies under the turned mask
+        assert np.abs(inside.mean(axis=0) - BACKGROUND).max() > 40 and inside.std(axis=0).max() < 25
+    assert np.array_equal(data.mask(data[0].referents[0]), first_mask) and data[0].orientation == 1
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_jsonl_masks_in_the_stored_or_the_displayed_frame(tmp_path, orientation):
+    stored = patterned(30, 40)
+    oriented_file(tmp_path / "photo.jpg", stored, orientation, quality=95)
+    mask = np.zeros((30, 40), np.uint8)
+    mask[2:9, 5:30] = 1
+    displayed = displayed_reference(mask, orientation)
+    Image.fromarray(mask * 255).save(tmp_path / "stored.png")
+    Image.fromarray(displayed * 255).save(tmp_path / "displayed.png")
+    records = [
+        {"image": "photo.jpg", "expression": "stored file", "mask": "stored.png"},
+        {"image": "photo.jpg", "expression": "stored rle", "mask": mask},
+        {"image": "photo.jpg", "expression": "displayed file", "mask": "displayed.png"},
+        {"image": "photo.jpg", "expression": "displayed rle", "mask": displayed},
+    ]
+    data = load_jsonl(write_jsonl(tmp_path / "refs.jsonl", records))
+    (entry,) = data
+    assert (entry.width, entry.height) == data.load_image(entry).size == displayed.shape[::-1]
+    stored_frame, displayed_frame = entry.referents[:2], entry.referents[2:]
+    for referent in stored_frame:
+        assert np.array_equal(data.mask(referent), displayed), referent.sentences
+    for referent in displayed_frame:
+        # At 90 degrees (6) the size tells the frames apart: taken as-is. At 180 degrees (3) both frames have one
+        # size and the stored frame wins (the documented rule), so a displayed-frame mask is turned once more.
+        expected = displayed if orientation == 6 else displayed_reference(displayed, 3)
+        assert np.array_equal(data.mask(referent), expected), referent.sentences
+
+
+def test_jsonl_images_folder_comes_first_then_the_jsonl_folder(jsonl_dir):
+    directory, _, _ = jsonl_dir
+    pictures = directory / "pictures"
+    (pictures / "imgs").mkdir(parents=True)
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(pictures / "only_here.png")
+    Image.new("RGB", (24, 16), (9, 9, 9)).save(pictures / "imgs" / "b.png")  # also beside the JSONL file
+    rle = {"size": [30, 40], "counts": [1200]}
+    path = write_jsonl(
+        directory / "refs.jsonl",
+        [
+            {"image": "only_here.png", "expression": "x", "mask": rle},
+            {"image": "imgs/b.png", "expression": "y", "mask": {"size": [16, 24], "counts": [384]}},
+            {"image": "imgs/a.jpg", "expression": "z", "mask": rle},  # only beside the JSONL file
+        ],
+    )
+    data = load_jsonl(path, images=pictures)
+    assert [entry.path for entry in data] == [
+        pictures / "only_here.png",
+        pictures / "imgs" / "b.png",
+        directory / "imgs" / "a.jpg",
+    ]
+    assert np.asarray(data.load_image(data[1]))[0, 0].tolist() == [9, 9, 9]
+
+
+def test_jsonl_with_a_byte_order_mark(jsonl_dir):
+    directory, _, _ = jsonl_dir
+    line = '{"image": "imgs/a.jpg", "expression": "x", "mask": "masks/a_0.png"}\n'
+    (directory / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + line.encode())
+    assert load_jsonl(directory / "bom.jsonl")[0].sentences == ["x"]
+
+
+def test_token_diagnostics_see_a_tagged_photo_as_its_displayed_copy(tmp_path, scorer):
+    """`analyze` (CLIP crop geometry from entry.width/height, referent patches from dataset.mask) gives the same
+    numbers for a photo stored sideways with its tag as for the same picture stored upright."""
+    from litelvlm.evaluation.diagnostics import analyze
+
+    upright = patterned(96, 128, seed=5)
+    mask = np.zeros((96, 128), np.uint8)
+    mask[10:60, 20:70] = 1
+    stored = displayed_reference(upright, 8)  # orientation 6 turns this back upright (8 and 6 are inverses)
+    stored_mask = displayed_reference(mask, 8)
+    assert np.array_equal(displayed_reference(stored, 6), upright)
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    oriented_file(tmp_path / "sideways.png", stored, 6)
+    results = []
+    for image, truth in (("upright.png", mask), ("sideways.png", stored_mask)):
+        record = {
+            "image": image,
+            "image_id": "photo",
+            "expressions": ["the square", "top left"],
+            "mask": truth,
+        }
+        data = load_jsonl(write_jsonl(tmp_path / f"{image}.jsonl", [record]))
+        config = {
+            "methods": ["litelvlm", "cls_attention"],
+            "budgets": [16, 64],
+            "protocol": "glamm",
+            "seed": 0,
+        }
+        results.append(analyze(scorer, data, config, progress=False))
+    assert results[0]["selection"] == results[1]["selection"]
+    assert (
+        results[0]["similarity"] == results[1]["similarity"] and results[0]["similarity"]["expressions"] == 2
+    )

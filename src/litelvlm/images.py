@@ -1,5 +1,9 @@
 """Reading user images robustly and the CLIP preprocessing geometry (resize shortest edge, centre crop).
 
+Images are decoded as the reference pipeline's `cv2.imread(path, cv2.IMREAD_COLOR)` decodes them (EXIF
+orientation applied, alpha dropped, 16-bit reduced to the high byte, CMYK JPEGs by OpenCV's formula); the
+remaining differences are listed in docs/images.md.
+
 Preprocessing is done with PIL/numpy rather than transformers' image processors so it is identical on every
 transformers version and needs no torchvision; it reproduces `CLIPImageProcessor` (PIL bicubic resize of the
 shortest edge, integer centre crop, rescale, normalise).
@@ -9,8 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,58 +30,238 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # PIL refuses images above ~179M pixels as decompression bombs; we accept up to this many and say so above it.
 MAX_IMAGE_PIXELS = 400_000_000
+# Longest side : shortest side. CLIP resizes the short side to 336 px, so at 100:1 the resized image is at most
+# 336 x 33,600 (34 MB as uint8, 135 MB as float32) instead of unbounded (1 x 10,000 -> 336 x 3,360,000), and
+# SAM's resize of the long side to 1024 px keeps the short side at round(1024 / 100) = 10 px, never 0.
+MAX_ASPECT_RATIO = 100
+
+# EXIF Orientation (tag 0x0112) -> the transpose that turns the stored pixel grid into the picture as displayed
+# (EXIF 2.32, section 4.6.4); 5..8 swap width and height. 1, absent and unknown values leave the pixels as stored.
+ORIENTATION_TAG = 0x0112
+DISPLAY_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+JPEG_FORMATS = ("JPEG", "MPO")  # MPO: the multi-picture JPEGs many phones write
+
+ImageSource = str | os.PathLike | Image.Image | np.ndarray
 
 
-def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
-    """Open an image file (or take a PIL image) and return it as 8-bit RGB.
+class ImageHeader(NamedTuple):
+    """What an image file's header says: the stored pixel grid and its EXIF orientation."""
 
-    Grayscale, palette, CMYK and 16-bit images are converted; an alpha channel is dropped (as OpenCV's
-    `imread` does in the reference pipeline). Missing, unreadable or truncated files raise `LiteLVLMError`.
+    stored_width: int
+    stored_height: int
+    orientation: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) as displayed, after the orientation."""
+        return displayed_size(self.stored_width, self.stored_height, self.orientation)
+
+
+def load_image(source: ImageSource) -> Image.Image:
+    """An image file, PIL image or numpy array -> 8-bit RGB PIL image, as displayed.
+
+    Files and PIL images get their EXIF orientation applied; grayscale, palette, CMYK and 16-bit images are
+    converted as OpenCV's `imread` does, and an alpha channel is dropped (not composited), as `imread` does in
+    the reference pipeline. Arrays must be H x W x 3 uint8 RGB or H x W uint8 gray (what SAM's predictor takes).
+    Missing, unreadable, truncated, empty, too large or too elongated images raise `LiteLVLMError`.
     """
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
     if isinstance(source, Image.Image):
-        return to_rgb(source)
-    path = Path(source)
+        check_image_size(*source.size, "the PIL image")
+        try:
+            source.load()  # first: Pillow may turn a TIFF while loading it, and then drops its tag
+        except OSError as error:
+            raise LiteLVLMError(
+                f"the PIL image cannot be decoded ({error}); re-open or re-export it."
+            ) from None
+        return apply_orientation(to_rgb(source), image_orientation(source))
+    if not isinstance(source, (str, os.PathLike)):
+        raise LiteLVLMError(
+            f"load_image got {type(source).__name__}; pass an image path, a PIL image or a numpy array "
+            "(H x W x 3 uint8 RGB, or H x W uint8 gray)."
+        )
+    with open_image(source) as (image, name):
+        orientation = image_orientation(image)  # from the header, as `read_image_header` reads it
+        check_image_size(*image.size, name)
+        image.load()
+        if image.format == "TIFF" and ORIENTATION_TAG not in image.tag_v2:
+            orientation = 1  # recent Pillow turns TIFFs itself while loading them, and drops the tag
+    return apply_orientation(to_rgb(image), orientation)
+
+
+def read_image_header(
+    path: str | os.PathLike, what: str = "image", fix: str = "pass a JPEG or PNG file"
+) -> ImageHeader:
+    """Stored size and EXIF orientation of an image file, from its header (the pixels are not decoded); `what`
+    and `fix` word the error for a file PIL cannot read."""
+    with open_image(path, what, fix) as (image, _):
+        return ImageHeader(*_stored_size(image), image_orientation(image))
+
+
+def _stored_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the stored pixel grid of an opened image (not yet loaded)."""
+    if image.format == "TIFF" and {256, 257} <= set(image.tag_v2):
+        # Recent Pillow reports a TIFF's size already turned by its orientation; ImageWidth/ImageLength are not.
+        return int(image.tag_v2[256]), int(image.tag_v2[257])
+    return image.size
+
+
+@contextmanager
+def open_image(
+    path: str | os.PathLike, what: str = "image", fix: str = "pass a JPEG or PNG file"
+) -> Iterator[tuple[Image.Image, str]]:
+    """`Image.open` with our pixel limit instead of PIL's, yielding (image, its name for messages); a missing,
+    unreadable or corrupt file (also while decoding inside the block) raises one `LiteLVLMError`."""
+    if str(path) == "":
+        raise LiteLVLMError(f"the {what} path is empty; pass an image file.")
+    path = Path(path).expanduser()
+    name = f"{what} {str(path)!r}"
     if not path.exists():
-        raise LiteLVLMError(f"image {str(path)!r} does not exist; check the path.")
+        raise LiteLVLMError(f"{name} does not exist; check the path.")
     if path.is_dir():
-        raise LiteLVLMError(f"image {str(path)!r} is a directory; pass an image file.")
+        raise LiteLVLMError(f"{name} is a directory; pass an image file.")
     previous_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # our own limit below replaces PIL's decompression-bomb check
+    Image.MAX_IMAGE_PIXELS = None  # `check_image_size` replaces PIL's decompression-bomb check
     try:
         with Image.open(path) as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise LiteLVLMError(
-                    f"image {str(path)!r} is too large ({image.width} x {image.height} pixels); "
-                    f"downscale it below {MAX_IMAGE_PIXELS:,} pixels."
-                )
-            image.load()
-            return to_rgb(image)
+            yield image, name
     except UnidentifiedImageError:
-        raise LiteLVLMError(f"{str(path)!r} is not an image PIL can read; pass a JPEG or PNG file.") from None
-    except OSError as error:
+        raise LiteLVLMError(f"{name} is not an image PIL can read; {fix}.") from None
+    except LiteLVLMError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise LiteLVLMError(
-            f"image {str(path)!r} is truncated or corrupt ({error}); re-download or re-export it."
+            f"{name} is truncated or corrupt ({error}); re-download or re-export it."
         ) from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit
 
 
+def check_image_size(width: int, height: int, name: str) -> None:
+    """Refuse empty images, images above `MAX_IMAGE_PIXELS` and aspect ratios beyond `MAX_ASPECT_RATIO`:1."""
+    if width < 1 or height < 1:
+        raise LiteLVLMError(f"{name} is empty ({width} x {height} pixels); pass an image with pixels in it.")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise LiteLVLMError(
+            f"{name} is too large ({width} x {height} pixels); downscale it below {MAX_IMAGE_PIXELS:,} pixels."
+        )
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        shown = f"{ratio:.1f}".removesuffix(".0")
+        raise LiteLVLMError(
+            f"{name} is {width} x {height} pixels, an aspect ratio of {shown}:1 beyond the {MAX_ASPECT_RATIO}:1 "
+            f"limit; crop or pad it to at most {MAX_ASPECT_RATIO}:1."
+        )
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    """H x W x 3 uint8 RGB or H x W uint8 gray -> RGB PIL image (no orientation: arrays carry no EXIF)."""
+    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        raise LiteLVLMError(
+            f"load_image got a numpy array of shape {array.shape} and dtype {array.dtype}; pass an H x W x 3 "
+            "uint8 RGB array or an H x W uint8 gray one."
+        )
+    check_image_size(array.shape[1], array.shape[0], f"the array of shape {array.shape}")
+    return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------- orientation
+
+
+def image_orientation(image: Image.Image) -> int:
+    """EXIF orientation 1..8 of an opened image, from what `Image.open` read of the header; 1 when absent,
+    unknown or unreadable, as OpenCV treats it.
+
+    Only the EXIF block counts (a TIFF's own tag directory for TIFFs), not XMP's tiff:Orientation, which PIL's
+    `getexif` falls back to but OpenCV and browsers ignore. A PNG's eXIf chunk after the pixel data is not in
+    the header: it is only seen once the image is loaded, so files are asked before loading.
+    """
+    try:
+        data = image.info.get("exif")
+        if data is not None:
+            exif = Image.Exif()
+            exif.load(data)
+            orientation = exif.get(ORIENTATION_TAG, 1)
+        else:
+            orientation = getattr(image, "tag_v2", {}).get(ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, as viewers and OpenCV ignore it
+        return 1
+    return orientation if orientation in DISPLAY_TRANSPOSE else 1
+
+
+def displayed_size(width: int, height: int, orientation: int) -> tuple[int, int]:
+    """(width, height) of a stored width x height grid once displayed with this orientation."""
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def apply_orientation(image: Image.Image, orientation: int) -> Image.Image:
+    """The stored pixels of `image` turned as displayed (orientation 1: `image` itself), without its EXIF block:
+    PIL copies `info` into the turned image, and `load_image` of the result must not turn it a second time."""
+    transpose = DISPLAY_TRANSPOSE.get(orientation)
+    if transpose is None:
+        return image
+    turned = image.transpose(transpose)
+    turned.info.pop("exif", None)
+    return turned
+
+
+def orient_mask(mask: np.ndarray, orientation: int) -> np.ndarray:
+    """A uint8 mask [H, W] in the stored pixel frame -> the same mask in the displayed frame."""
+    if orientation not in DISPLAY_TRANSPOSE:
+        return mask
+    return np.asarray(apply_orientation(Image.fromarray(mask), orientation)).copy()
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB view of any PIL image; 16-bit and float images are rescaled to 0..255, not clipped."""
+    """8-bit RGB view of any PIL image, with OpenCV's conversions where the reference pipeline used them.
+
+    16-bit images keep the high byte (value >> 8), as `imread` does; CMYK JPEGs use OpenCV's CMYK -> RGB formula;
+    32-bit integer and float images are rescaled to 0..255 (not clipped); alpha is dropped.
+    """
     if image.mode == "RGB":
         return image
-    if image.mode.startswith("I") or image.mode == "F":
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):
+        # 16-bit gray (PIL < 11 opens 16-bit PNGs as "I"); 16-bit RGB(A) PNGs already arrive high-byte only.
+        high = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+        return Image.fromarray(high).convert("RGB")
+    if image.mode in ("I", "F"):
         array = np.asarray(image, dtype=np.float64)
         if image.mode == "F" and array.max() <= 1.0:
             array = array * 255.0  # float images in [0, 1]
-        elif image.mode.startswith("I;16") or array.max() > 255:
+        elif array.max() > 255:
             array = array / 257.0  # 16-bit range 0..65535 onto 0..255
         gray = np.clip(array + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(gray).convert("RGB")
+    if image.mode == "CMYK" and image.format in JPEG_FORMATS:
+        return Image.fromarray(cmyk_jpeg_to_rgb(np.asarray(image)))
     # Alpha is dropped, not composited, as OpenCV's imread does in the reference pipeline.
     if image.mode in ("LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
     return image.convert("RGB")
+
+
+def cmyk_jpeg_to_rgb(cmyk: np.ndarray) -> np.ndarray:
+    """A CMYK JPEG as PIL decodes it, uint8 [H, W, 4] -> uint8 RGB [H, W, 3] exactly as OpenCV's `imread` makes it.
+
+    PIL un-inverts every 4-channel JPEG (Adobe's inverted-CMYK convention, rawmode "CMYK;I"), so the bytes libjpeg
+    gives OpenCV are 255 - PIL's. OpenCV's `icvCvt_CMYK2BGR_8u_C4C3R` reads them as inverted too:
+    channel = k - ((255 - c) * k >> 8) for c in (C, M, Y) -> (R, G, B), with k the stored K byte.
+    """
+    stored = 255 - cmyk.astype(np.int32)
+    k = stored[..., 3:4]
+    return (k - (((255 - stored[..., :3]) * k) >> 8)).astype(np.uint8)
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@ import os
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import LiteLVLMError
+from ..images import open_image
+
+MASK_FIX = "save the mask as a PNG"  # what to do about a mask file PIL cannot read
 
 
 def _coco_mask():
@@ -49,7 +51,7 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
 def _compressed_rle(rle: dict, height: int, width: int) -> dict:
     """One RLE dict with bytes `counts` (what `pycocotools.mask.decode` accepts on every version)."""
     if "counts" not in rle or "size" not in rle:
-        raise LiteLVLMError(f"RLE mask {_short(rle)} needs 'counts' and 'size'; write it as COCO RLE.")
+        raise LiteLVLMError(f"RLE mask {short_repr(rle)} needs 'counts' and 'size'; write it as COCO RLE.")
     if [int(v) for v in rle["size"]] != [height, width]:
         raise LiteLVLMError(
             f"RLE mask has size {list(rle['size'])} but its image is {height} x {width} (height x width); "
@@ -75,24 +77,17 @@ def read_mask_image(path: str | os.PathLike) -> np.ndarray:
     Grayscale, palette (index 0 = background) and 16-bit images use their values; RGB(A) images count a pixel
     as object when any colour channel is nonzero (alpha is ignored).
     """
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr"):
-                bands = image.getbands()
-                colour = [image.getchannel(band) for band in bands if band != "A"]
-                array = np.stack([np.asarray(channel) for channel in colour], axis=-1).any(axis=-1)
-            else:
-                array = np.asarray(image)
-    except FileNotFoundError:
-        raise LiteLVLMError(f"mask image {str(path)!r} does not exist; check the path.") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise LiteLVLMError(
-            f"mask {str(path)!r} is not an image PIL can read ({error}); save it as PNG."
-        ) from None
+    with open_image(path, "mask", MASK_FIX) as (image, _):
+        image.load()
+    if image.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr"):
+        colour = [image.getchannel(band) for band in image.getbands() if band != "A"]
+        array = np.stack([np.asarray(channel) for channel in colour], axis=-1).any(axis=-1)
+    else:
+        array = np.asarray(image)
     return (array != 0).astype(np.uint8)
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def short_repr(value: Any, limit: int = 60) -> str:
+    """`repr(value)`, cut to `limit` characters, for naming a bad value in a one-sentence error."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LiteLVLMError
-from .masks import decode_segmentation
+from ..images import orient_mask
+from .masks import decode_segmentation, short_repr
 from .types import ImageEntry, Referent, ReferringDataset
 
 REFCOCO_SPLITS: dict[str, tuple[str, ...]] = {
@@ -35,6 +36,8 @@ IMAGE_DIRS = ("coco_2014/train2014", "images/mscoco/images/train2014")
 # GLaMM's README puts coco_2014/ beside Refer_Segm/, so the data root's parent is tried last.
 PARENT_IMAGE_DIR = "../coco_2014/train2014"
 COCO_FILE_NAME = "COCO_train2014_{:012d}.jpg"
+# What the evaluation reads of each ref of the split (REFER's refs also carry sent_ids, file_name, ...).
+REF_KEYS = ("ref_id", "image_id", "ann_id", "split", "sentences")
 
 
 def _layout(root: Path, dataset: str) -> str:
@@ -58,22 +61,29 @@ def split_matches(split: str, ref_split: str) -> bool:
 
 
 class RefCocoDataset(ReferringDataset):
-    """One split of RefCOCO/+/g; masks are decoded from the referent's COCO annotation on demand."""
+    """One split of RefCOCO/+/g; masks are decoded from the referent's COCO annotation on demand.
+
+    COCO's polygons and RLEs are drawn on the stored pixels; `mask` turns them by the image's EXIF orientation
+    (read from the file header on first use), so they match the displayed image the predictor segments.
+    """
 
     def __init__(self, name: str, split: str, images: list[ImageEntry], segmentations: dict[int, object]):
         super().__init__(name, split, images)
         self._segmentations = segmentations  # ann_id -> COCO segmentation, only the split's referents
-        self._sizes = {entry.image_id: (entry.height, entry.width) for entry in images}
+        self._entries = {entry.image_id: entry for entry in images}
 
     def mask(self, referent: Referent) -> np.ndarray:
-        """uint8 [H, W] ground truth (values > 1 where polygons overlap; see `decode_segmentation`)."""
-        if referent.ann_id not in self._segmentations or referent.image_id not in self._sizes:
+        """uint8 [H, W] ground truth, as displayed (values > 1 where polygons overlap; see `decode_segmentation`)."""
+        if referent.ann_id not in self._segmentations or referent.image_id not in self._entries:
             raise LiteLVLMError(
                 f"referent {referent.ref_id!r} (annotation {referent.ann_id!r}) is not in {self.name} "
                 f"{self.split}; pass a referent taken from this dataset."
             )
-        height, width = self._sizes[referent.image_id]
-        return decode_segmentation(self._segmentations[referent.ann_id], height, width)
+        entry = self._entries[referent.image_id]
+        stored = decode_segmentation(
+            self._segmentations[referent.ann_id], entry.stored_height, entry.stored_width
+        )
+        return orient_mask(stored, entry.orientation)
 
 
 def load_refcoco(
@@ -104,9 +114,7 @@ def load_refcoco(
         if not path.exists():
             raise LiteLVLMError(f"{what} {str(path)!r} does not exist; {_layout(root, dataset)}.")
 
-    refs = [
-        ref for ref in _read_refs(root / dataset / REFS_FILES[dataset]) if split_matches(split, ref["split"])
-    ]
+    refs = _split_refs(root / dataset / REFS_FILES[dataset], split)
     coco_images, annotations = _read_instances(root / dataset / "instances.json", refs)
     image_dir = _image_dir(root, dataset, images)
 
@@ -141,15 +149,31 @@ def load_refcoco(
             ImageEntry(
                 image_id=image_id,
                 path=_image_path(image_dir, image_id, record.get("file_name"), root, dataset),
-                width=int(record["width"]),
-                height=int(record["height"]),
+                stored_width=int(record["width"]),
+                stored_height=int(record["height"]),
                 referents=tuple(by_image[image_id]),
             )
         )
     return RefCocoDataset(dataset, split, entries, segmentations)
 
 
-def _read_refs(path: Path) -> list[dict]:
+def _split_refs(path: Path, split: str) -> list[dict]:
+    """The refs of one split, each checked for the keys the evaluation reads."""
+    refs = _read_refs(path)
+    chosen = []
+    for index, ref in enumerate(refs):
+        where = f"the ref at index {index} of refs file {str(path)!r}"
+        if not isinstance(ref, dict) or not isinstance(ref.get("split"), str):
+            raise LiteLVLMError(
+                f"{where} is {short_repr(ref)}, not a REFER ref with a 'split'; re-download the refs file."
+            )
+        if split_matches(split, ref["split"]):
+            _check_ref(ref, where)
+            chosen.append(ref)
+    return chosen
+
+
+def _read_refs(path: Path) -> list:
     try:
         with open(path, "rb") as file:
             refs = pickle.load(file)
@@ -164,9 +188,36 @@ def _read_refs(path: Path) -> list[dict]:
         raise LiteLVLMError(
             f"refs file {str(path)!r} is not a readable REFER pickle ({error}); re-download it."
         ) from None
-    if not isinstance(refs, list) or (refs and not isinstance(refs[0], dict)):
+    if not isinstance(refs, list):
         raise LiteLVLMError(f"refs file {str(path)!r} does not hold a list of refs; re-download it.")
     return refs
+
+
+def _check_ref(ref: dict, where: str) -> None:
+    """A split's ref needs integer ids and at least one {"sent": text} sentence."""
+    for key in REF_KEYS:
+        if key not in ref:
+            raise LiteLVLMError(
+                f"{where} (ref_id {ref.get('ref_id', '?')}) has no {key!r}; re-download the refs file "
+                f"(every ref needs {', '.join(REF_KEYS)})."
+            )
+    for key in ("ref_id", "image_id", "ann_id"):
+        if not _is_integer(ref[key]):
+            raise LiteLVLMError(
+                f"{where} has {key} {short_repr(ref[key])}, not an integer; re-download the refs file."
+            )
+    sentences = ref["sentences"]
+    if (
+        not isinstance(sentences, list)
+        or not sentences
+        or not all(
+            isinstance(sentence, dict) and isinstance(sentence.get("sent"), str) for sentence in sentences
+        )
+    ):
+        raise LiteLVLMError(
+            f"{where} (ref_id {ref['ref_id']}) has sentences {short_repr(sentences)}, not a non-empty list of "
+            "{'sent': text} entries; re-download the refs file."
+        )
 
 
 def _read_instances(path: Path, refs: list[dict]) -> tuple[dict[int, dict], dict[int, object]]:
@@ -174,19 +225,47 @@ def _read_instances(path: Path, refs: list[dict]) -> tuple[dict[int, dict], dict
     try:
         with open(path, encoding="utf-8") as file:
             instances = json.load(file)
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise LiteLVLMError(
             f"instances file {str(path)!r} is not valid JSON ({error}); re-download it."
         ) from None
+    for key in ("images", "annotations"):
+        if not isinstance(instances, dict) or not isinstance(instances.get(key), list):
+            raise LiteLVLMError(
+                f"instances file {str(path)!r} has no {key!r} list; use the COCO instances.json shipped with "
+                "the refs."
+            )
     image_ids = {ref["image_id"] for ref in refs}
     ann_ids = {ref["ann_id"] for ref in refs}
-    images = {record["id"]: record for record in instances.get("images", []) if record["id"] in image_ids}
-    annotations = {
-        record["id"]: record.get("segmentation", [])
-        for record in instances.get("annotations", [])
-        if record["id"] in ann_ids
+    images = {
+        record["id"]: record
+        for record in instances["images"]
+        if isinstance(record, dict) and record.get("id") in image_ids
     }
-    return images, annotations
+    annotations = {
+        record["id"]: record
+        for record in instances["annotations"]
+        if isinstance(record, dict) and record.get("id") in ann_ids
+    }
+    for image_id, record in images.items():
+        for key in ("width", "height"):
+            if not _is_integer(record.get(key)) or record[key] < 1:
+                raise LiteLVLMError(
+                    f"image {image_id} in instances file {str(path)!r} has {key} {short_repr(record.get(key))}, not a "
+                    "positive integer; use the COCO instances.json shipped with the refs."
+                )
+    for ann_id, record in annotations.items():
+        if "segmentation" not in record:
+            # An absent segmentation would silently score as an empty ground truth.
+            raise LiteLVLMError(
+                f"annotation {ann_id} in instances file {str(path)!r} has no 'segmentation'; use the COCO "
+                "instances.json shipped with the refs."
+            )
+    return images, {ann_id: record["segmentation"] for ann_id, record in annotations.items()}
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _image_dir(root: Path, dataset: str, images: str | os.PathLike | None) -> Path:

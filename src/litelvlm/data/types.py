@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..images import load_image
+from ..errors import LiteLVLMError
+from ..images import displayed_size, load_image, read_image_header
 
 
 @dataclass(frozen=True)
@@ -28,13 +30,44 @@ class Referent:
 
 @dataclass(frozen=True)
 class ImageEntry:
-    """One image with every referent it has in the split; `width` x `height` is the original size."""
+    """One image with every referent it has in the split.
+
+    `stored_width` x `stored_height` is the pixel grid as stored in the file, the frame annotations such as COCO's
+    are drawn in; `width` x `height` is the image as displayed (and as `load_image` returns it), after its EXIF
+    orientation. `known_orientation` is that orientation when the loader has read it already; otherwise it is
+    read from the file's header on first use (and the header's size checked against the stored size).
+    """
 
     image_id: int | str
     path: Path
-    width: int
-    height: int
+    stored_width: int
+    stored_height: int
     referents: tuple[Referent, ...]
+    known_orientation: int | None = None
+
+    @cached_property
+    def orientation(self) -> int:
+        """EXIF orientation 1..8 of the image file (1: displayed as stored)."""
+        if self.known_orientation is not None:
+            return self.known_orientation
+        header = read_image_header(self.path)
+        if (header.stored_width, header.stored_height) != (self.stored_width, self.stored_height):
+            raise LiteLVLMError(
+                f"image {str(self.path)!r} is {header.stored_width} x {header.stored_height} pixels but its "
+                f"annotations are for {self.stored_width} x {self.stored_height}; use the original, unresized "
+                "image files the annotations were made on."
+            )
+        return header.orientation
+
+    @property
+    def width(self) -> int:
+        """Width as displayed (after the EXIF orientation)."""
+        return displayed_size(self.stored_width, self.stored_height, self.orientation)[0]
+
+    @property
+    def height(self) -> int:
+        """Height as displayed (after the EXIF orientation)."""
+        return displayed_size(self.stored_width, self.stored_height, self.orientation)[1]
 
     @property
     def sentences(self) -> list[str]:
@@ -68,9 +101,10 @@ class ReferringDataset:
         return f"{type(self).__name__}({self.name!r}, split={self.split!r}, images={len(self)}, referents={referents})"
 
     def mask(self, referent: Referent) -> np.ndarray:
-        """Ground truth of `referent`: uint8 [H, W] at the image's original size (1 = object)."""
+        """Ground truth of `referent`: uint8 [H, W] at the image's displayed size (1 = object), turned by the
+        image's EXIF orientation from the stored frame annotations are drawn in."""
         raise NotImplementedError
 
     def load_image(self, entry: ImageEntry) -> Image.Image:
-        """The entry's image as 8-bit RGB (PIL), of size `entry.width` x `entry.height`."""
+        """The entry's image as 8-bit RGB (PIL), as displayed: of size `entry.width` x `entry.height`."""
         return load_image(entry.path)

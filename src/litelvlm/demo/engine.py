@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import LiteLVLMError
-from ..images import load_image
+from ..images import check_image_size, load_image
 
 MAX_UPLOAD_MB = 20.0  # default upload limit (file size)
 MAX_MEGAPIXELS = 40.0  # default upload limit (decoded size)
@@ -79,11 +79,13 @@ def check_upload(path: str | os.PathLike | None, max_mb: float, max_megapixels: 
         )
     try:
         with Image.open(path) as header:  # dimensions without decoding the pixels
-            megapixels = header.width * header.height / 1e6
+            width, height = header.width, header.height
     except Exception:  # noqa: BLE001 - whatever PIL says, the answer is the same sentence
         raise LiteLVLMError(
             f"the upload {path.name!r} is not an image this server can read; upload a JPEG or PNG."
         ) from None
+    check_image_size(width, height, f"the upload {path.name!r}")  # named as the visitor knows it
+    megapixels = width * height / 1e6
     if megapixels > max_megapixels:
         raise LiteLVLMError(
             f"the upload {path.name!r} has {megapixels:.1f} megapixels, above this server's "
