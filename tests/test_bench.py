@@ -113,6 +113,9 @@ def test_bench_on_lisa_runs_at_256_patches(tiny_lisa_dir, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["config"]["host"] == "LISA"
+    layers = json.loads((tiny_lisa_dir / "config.json").read_text())["num_hidden_layers"]
+    # labels come from the model run: a tiny checkpoint is neither "full size" nor "32/32 layers"
+    assert report["config"]["scaled"] and report["config"]["scale"].startswith(f"LLM {layers}/32 layers")
     rows = {r["budget"]: r for r in report["runs"]}
     assert list(rows) == [256, 192, 128, 64] and rows[256]["speedup_vs_full"] == 1.0
     hidden = json.loads((tiny_lisa_dir / "config.json").read_text())["hidden_size"]

@@ -46,11 +46,13 @@ def test_one_expression_keeps_the_given_name(tiny_glamm_dir, image_file, tmp_pat
 def test_generate_mode_runs(tiny_glamm_dir, image_file, tmp_path, capsys):
     code, out, err = segment(capsys, tiny_glamm_dir, image_file, tmp_path, "--text", "a dog", "--generate",
                              "--max-new-tokens", "4", "--json", str(tmp_path / "r.json"))  # fmt: skip
-    assert code == 0, err
     record = json.loads((tmp_path / "r.json").read_text())["expressions"][0]
     assert record["seg_found"] == (record["mask_file"] is not None)
-    if not record["seg_found"]:
+    if record["seg_found"]:
+        assert code == 0, err
+    else:  # the run worked, but wrote no mask: said on stdout per expression, and in the exit code
         assert "generated no [SEG]" in out
+        assert code == 1 and "no expression produced a mask" in err
 
 
 BAD = {
@@ -58,7 +60,7 @@ BAD = {
     "whitespace expression": (["--text", "   "], "empty"),
     "not png": (["--text", "x", "--out", "/tmp/mask.jpg"], ".png"),
     "bad budget": (["--text", "x", "--budget", "0"], "at least 1"),
-    "out dir missing": (["--text", "x", "--out", "/nonexistent/d/m.png"], "does not exist"),
+    "out under a file": (["--text", "x", "--out", "/dev/null/d/m.png"], "not a directory"),
     "no text": ([], "--text"),
 }
 

@@ -104,7 +104,7 @@ BAD_INPUTS = {
     "empty text": (["--text", "  "], "empty"),
     "missing image": (["--image", "/nonexistent/x.jpg"], "does not exist"),
     "missing clip": (["--clip", "/nonexistent/clip"], "does not exist"),
-    "json dir missing": (["--json", "/nonexistent/dir/out.json"], "does not exist"),
+    "json under a file": (["--json", "/dev/null/out.json"], "not a directory"),
     "bad share": (["--low-similarity-share", "2"], "[0, 1]"),
 }
 

@@ -1,7 +1,7 @@
 """Independent check of `litelvlm select` against the method's definition (docs/methods.md).
 
 Ported from a reviewer's script (written from the team's design notes alone, without reading the project's selection or
-scoring code). It keeps that independence: litelvlm is only run as a CLI subprocess, and the reference
+scoring code). It keeps that independence: litelvlm is only run through its CLI entry point, and the reference
 computes everything with transformers' CLIPModel (q/k/v of the last encoder layer recomputed and cross-checked
 against forward hooks, context scores in float64). The only litelvlm import is the tiny-CLIP builder.
 
@@ -10,14 +10,14 @@ keeps 11 that cover each behaviour it checked: both token orders, both text sour
 the number of texts, an odd remainder, mid-range budgets, N - 1, N and above N, three image shapes, and the
 `random` (same seed twice) and `topk_similarity` methods. Float32 near-ties of context scores may swap context
 tokens in `paper` order; such a mismatch passes only if the selected set is the same and the float64 context
-scores of all the moved tokens are within 1e-6 (relative). The calls run two at a time, each with
-OMP_NUM_THREADS=1.
+scores of all the moved tokens are within 1e-6 (relative). The calls run one after another in this process
+(`litelvlm.cli.main(argv)`, the console script's function): as subprocesses each spent ~7 s importing torch.
 """
 
+import contextlib
+import io
 import json
 import math
-import os
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -119,20 +119,24 @@ def run_cli(clip_dir, image, texts, budget, out, order="paper", source=None, met
         cmd += ["--text-source", source]
     if seed is not None:
         cmd += ["--seed", str(seed)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=out.parent, env=env)
+    from litelvlm.cli import main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
+        code = main(cmd[3:])  # after "python -m litelvlm"
     shown = " ".join(repr(c) if " " in c else c for c in cmd[1:])
-    if r.returncode != 0:
-        return shown, None, f"exit {r.returncode}: {r.stderr[-2000:]}"
+    if code != 0:
+        return shown, None, f"exit {code}: {stderr.getvalue()[-2000:]}"
     return shown, json.loads(out.read_text()), None
 
 
 @pytest.fixture(scope="module")
 def cli_runs(clip_dir, image_paths, work_dir):
-    """All CLI calls, started at once on 2 workers; values are futures of (command, json or None, error)."""
+    """All CLI calls, one at a time (they redirect this process's stdout); values are futures of (command, json
+    or None, error)."""
     out_dir = work_dir / "out"
     out_dir.mkdir()
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(1) as pool:
 
         def submit(key, image, texts, budget, **options):
             runs[key] = pool.submit(

@@ -113,7 +113,7 @@ def test_a_prompt_is_tokenised_once_per_conversation(predictor, monkeypatch):
             "'uniform' takes no option 'seed'; its options are: none",
         ),
         (lambda p: p.predict(["a"], method="fastv", order="raster"), "'fastv' takes no option 'order'"),
-        (lambda p: p.predict("a dog"), "list of expression strings"),
+        (lambda p: p.predict("a dog"), "list of expressions, got the string"),
         (lambda p: p.predict([["a"]]), "predict_batch"),
         (lambda p: p.predict_batch(["a", "b"]), "one list of expressions per set image"),
         (lambda p: p.predict_batch([["a"], ["b"]]), "2 image"),

@@ -1,25 +1,27 @@
 """litelvlm: training-free, text-guided visual-token pruning for pixel-grounding VLMs (LiteLVLM, ICML 2026)."""
 
 from .errors import LiteLVLMError
-from .selection import Selection, TokenScores, list_methods, register, select_tokens
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "LiteLVLMError",
-    "Selection",
-    "TokenScores",
-    "__version__",
-    "list_methods",
-    "register",
-    "select_tokens",
-]
+# Imported on first use: importing torch takes seconds, and the CLI must be able to say "interrupted" (not
+# print a traceback) when Ctrl-C arrives during that import.
+_LAZY = {
+    "Selection": "selection",
+    "TokenScores": "selection",
+    "list_methods": "selection",
+    "register": "selection",
+    "select_tokens": "selection",
+    "ClipScorer": "scoring",
+    "GroundingPredictor": "hosts",
+}
+
+__all__ = ["LiteLVLMError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):
-    # The scorer pulls in transformers; import it only when asked for.
-    if name == "ClipScorer":
-        from .scoring import ClipScorer
+    if name not in _LAZY:
+        raise AttributeError(f"module 'litelvlm' has no attribute {name!r}")
+    import importlib
 
-        return ClipScorer
-    raise AttributeError(name)
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

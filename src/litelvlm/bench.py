@@ -275,29 +275,34 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict, path) -> None:
-    """Latency (measured, and the FLOP-ideal) and activation memory against the budget, per method."""
-    import io
-
+def plot(report: dict) -> bytes:
+    """PNG: latency (measured, and the FLOP-ideal) and activation memory against the budget, per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import save_png
+    from .io import figure_png
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     runs = report["runs"]
     full = next((r for r in runs if r.get("speedup_vs_full") == 1.0), None)
-    for method in dict.fromkeys(r["method"] for r in runs):
+    for number, method in enumerate(dict.fromkeys(r["method"] for r in runs)):
+        colour = f"C{number}"  # one colour per method in both panels
         mine = sorted((r for r in runs if r["method"] == method), key=lambda r: r["budget"])
         budgets = [r["budget"] for r in mine]
-        left.plot(budgets, [r["total_s"] for r in mine], marker="o", label=f"{method} (measured)")
+        left.plot(
+            budgets, [r["total_s"] for r in mine], marker="o", color=colour, label=f"{method} (measured)"
+        )
         if full is not None:
             left.plot(budgets, [full["total_s"] / r["ideal_speedup"] for r in mine], ls="--", alpha=0.6,
-                      label=f"{method} (FLOP-ideal)")  # fmt: skip
+                      color=colour, label=f"{method} (FLOP-ideal)")  # fmt: skip
         right.plot(
-            budgets, [r["predict_activation_mem_bytes"] / 2**20 for r in mine], marker="o", label=method
+            budgets,
+            [r["predict_activation_mem_bytes"] / 2**20 for r in mine],
+            marker="o",
+            color=colour,
+            label=method,
         )
     budgets = sorted({r["budget"] for r in runs})
     for axis, label in ((left, "seconds per image"), (right, "activation memory after set_image (MiB)")):
@@ -311,10 +316,7 @@ def plot(report: dict, path) -> None:
     figure.suptitle(f"{_host(config)} {'scaled (' + config['scale'] + ')' if config['scaled'] else 'full size'}, "
                     f"{config['device']}, {config['dtype']}")  # fmt: skip
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(figure)
-    save_png(path, Image.open(buffer).convert("RGB"))
+    return figure_png(figure)
 
 
 def _host(config: dict) -> str:

@@ -24,7 +24,12 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--budgets", type=arguments.budget_list, default=[192, 128, 64])
     parser.add_argument("--protocol", choices=("glamm", "lisa"), default="glamm")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the protocol's sampling and of `random`")
+    parser.add_argument(
+        "--seed",
+        type=arguments.whole_number(0),
+        default=0,
+        help="seed of the protocol's sampling and of `random`",
+    )
     parser.add_argument("--text-source", choices=("questions", "expressions"), default="questions")
     parser.add_argument("--out", required=True, help="directory for analysis.json, analysis.md, analysis.png")
     parser.add_argument("--no-progress", action="store_true")
@@ -33,15 +38,23 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.diagnostics import analyze, markdown, plot_analysis
-    from ..io import write_atomic, write_json
+    from ..evaluation.diagnostics import analysis_options, analyze, markdown, plot_analysis
+    from ..io import format_json
     from ..scoring import ClipScorer
+    from ..selection.feasibility import check_combinations
+    from .outputs import OutputFiles, check_output_dir
 
-    out = arguments.check_output_dir(args.out)
+    out = check_output_dir(args.out)
+    outputs = OutputFiles()
+    files = [
+        outputs.add(str(out / name), "--out") for name in ("analysis.json", "analysis.md", "analysis.png")
+    ]
     dataset, _, name, split = arguments.load_data(args)
     scorer = ClipScorer.from_pretrained(
         args.clip, dtype=arguments.resolve_dtype(args.dtype), device=arguments.resolve_device(args.device)
     )
+    options = {method: analysis_options(method, args.seed) for method in args.methods}
+    check_combinations(args.methods, args.budgets, options, grid=scorer.grid, num_layers=None)
     config = {
         "dataset": name,
         "split": split,
@@ -54,11 +67,11 @@ def run(args: argparse.Namespace) -> int:
         "clip": args.clip,
     }
     result = analyze(scorer, dataset, config, progress=not args.no_progress)
-    out.mkdir(exist_ok=True)
-    write_json(
-        out / "analysis.json", {k: v for k, v in result.items() if k != "aucs"} | {"aucs": result["aucs"]}
-    )
-    write_atomic(out / "analysis.md", markdown(result).encode())
-    plot_analysis(result, out / "analysis.png")
+    payload = {k: v for k, v in result.items() if k != "aucs"} | {"aucs": result["aucs"]}
+    for path, data in zip(
+        files, (format_json(payload).encode(), markdown(result).encode(), plot_analysis(result))
+    ):
+        outputs.stage(path, data)
+    outputs.commit()
     print(markdown(result))
     return 0

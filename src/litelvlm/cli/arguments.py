@@ -21,6 +21,24 @@ def budget(text: str) -> int:
     return value
 
 
+def whole_number(minimum: int):
+    """An argparse type: an int >= minimum (checked at parse time, before any work)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number; pass one such as {max(minimum, 1)}"
+            ) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}; pass a whole number >= {minimum}")
+        return value
+
+    parse.__name__ = f"whole number >= {minimum}"
+    return parse
+
+
 def share(text: str) -> float:
     try:
         value = float(text)
@@ -43,8 +61,9 @@ def method_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise argparse.ArgumentTypeError("give at least one method, e.g. litelvlm,random")
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"a method is listed twice in {text!r}")
+    twice = _first_repeat(names)
+    if twice is not None:
+        raise argparse.ArgumentTypeError(f"method {twice} is listed twice in {text!r}; list each method once")
     return [method(name) for name in names]
 
 
@@ -52,25 +71,19 @@ def budget_list(text: str) -> list[int]:
     values = [budget(part.strip()) for part in text.split(",") if part.strip()]
     if not values:
         raise argparse.ArgumentTypeError("give at least one budget, e.g. 576,192,64")
-    if len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"a budget is listed twice in {text!r}")
+    twice = _first_repeat(values)
+    if twice is not None:
+        raise argparse.ArgumentTypeError(f"budget {twice} is listed twice in {text!r}; list each budget once")
     return values
 
 
-def check_output_file(path: str | None, flag: str) -> Path | None:
-    """An output path whose directory exists (checked before any slow work)."""
-    if path is None:
-        return None
-    output = Path(path)
-    if output.is_dir():
-        raise LiteLVLMError(
-            f"{flag} {path!r} is a directory; pass a file name such as {path.rstrip('/')}/out"
-        )
-    if not output.parent.exists():
-        raise LiteLVLMError(
-            f"the directory of {flag} {path!r} does not exist; create {str(output.parent)!r} first."
-        )
-    return output
+def _first_repeat(values: list):
+    seen = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
 
 
 def add_device_arguments(parser: argparse.ArgumentParser, default_dtype: str = "float32") -> None:
@@ -81,17 +94,10 @@ def add_device_arguments(parser: argparse.ArgumentParser, default_dtype: str = "
 
 
 def resolve_device(name: str | None) -> str:
-    import torch
+    """--device as a device this machine has (default: cuda if available, else cpu)."""
+    from ..checkpoints import check_device
 
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise LiteLVLMError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LiteLVLMError(f"--device {name!r} asks for CUDA but none is available; use --device cpu.")
-    return str(device)
+    return str(check_device(name))
 
 
 def resolve_dtype(name: str):
@@ -130,7 +136,7 @@ def add_method_arguments(
         help="in-LLM methods (fastv, pdrop, sparsevlm): the budget is the average number of visual tokens per "
         "decoder layer, or the number the deepest layers keep",
     )
-    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--seed", type=whole_number(0), default=0, help=seed_help)
     parser.add_argument(
         "--option",
         type=method_option,
@@ -204,6 +210,20 @@ def method_options(args: argparse.Namespace, name: str) -> dict:
     return {**options, **extra}
 
 
+def check_run_plan(args: argparse.Namespace, methods: list[str], budgets: list[int], predictor) -> None:
+    """Every method x budget x option combination the run will make is feasible on this model (before any
+    work is done or any file written)."""
+    from ..selection.feasibility import check_combinations
+
+    check_combinations(
+        methods,
+        budgets,
+        {name: method_options(args, name) for name in methods},
+        grid=predictor.scorer.grid,
+        num_layers=predictor.model.llm.config.num_hidden_layers,
+    )
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -214,29 +234,24 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split", default="val", help="val, testA, testB (refcoco, refcoco+); val, test (refcocog)"
     )
-    parser.add_argument("--images", help="COCO train2014 directory (default: found under --data-root)")
-    parser.add_argument("--limit", type=int, help="only the first N images (sorted by image id)")
+    parser.add_argument(
+        "--images",
+        help="COCO train2014 directory (default: found under --data-root); with --jsonl: the folder its relative "
+        "image paths are read from first (then the JSONL file's folder)",
+    )
+    parser.add_argument("--limit", type=whole_number(1), help="only the first N images (sorted by image id)")
 
 
 def load_data(args: argparse.Namespace):
     """(dataset, its resolved path, name, split) from --data-root/--dataset/--split or --jsonl."""
     from ..data import load_jsonl, load_refcoco
 
-    if args.limit is not None and args.limit < 1:
-        raise LiteLVLMError(f"--limit must be at least 1, got {args.limit}.")
     if args.jsonl:
-        return load_jsonl(args.jsonl), str(Path(args.jsonl).resolve()), Path(args.jsonl).stem, "all"
+        return (
+            load_jsonl(args.jsonl, images=args.images),
+            str(Path(args.jsonl).resolve()),
+            Path(args.jsonl).stem,
+            "all",
+        )
     dataset = load_refcoco(args.data_root, args.dataset, args.split, images=args.images)
     return dataset, str(Path(args.data_root).resolve()), args.dataset, args.split
-
-
-def check_output_dir(path: str, flag: str = "--out") -> Path:
-    """A directory to write into: it may exist (as a directory), and its parent must."""
-    output = Path(path)
-    if output.exists() and not output.is_dir():
-        raise LiteLVLMError(f"{flag} {path!r} is a file; pass a directory.")
-    if not output.parent.exists():
-        raise LiteLVLMError(
-            f"the parent of {flag} {path!r} does not exist; create {str(output.parent)!r} first."
-        )
-    return output

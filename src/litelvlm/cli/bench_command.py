@@ -33,7 +33,9 @@ def add_parser(subparsers) -> None:
         "--model", help="a GLaMM or LISA checkpoint (default: --host's architecture, random weights)"
     )
     parser.add_argument("--clip", help="CLIP checkpoint for --model (default: the config's vision tower)")
-    parser.add_argument("--llm-layers", type=int, help="scaled run: this many LLM layers (full: 32)")
+    parser.add_argument(
+        "--llm-layers", type=arguments.whole_number(1), help="scaled run: this many LLM layers (full: 32)"
+    )
     parser.add_argument(
         "--sam-attention",
         choices=("fused", "sdpa", "eager"),
@@ -41,7 +43,11 @@ def add_parser(subparsers) -> None:
         help="SAM image encoder of the random model: litelvlm's fused forward (default), or transformers' layers "
         "with SDPA or eager attention (for before/after)",
     )
-    parser.add_argument("--sam-layers", type=int, help="scaled run: this many SAM encoder blocks (full: 32)")
+    parser.add_argument(
+        "--sam-layers",
+        type=arguments.whole_number(1),
+        help="scaled run: this many SAM encoder blocks (full: 32)",
+    )
     parser.add_argument("--methods", type=arguments.method_list, default=["litelvlm"])
     parser.add_argument("--budgets", type=arguments.budget_list,
                         help="comma-separated (default: all patches, then 192,128,64)")  # fmt: skip
@@ -50,10 +56,14 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--image", help="image file (default: a synthetic 640 x 480 picture)")
     parser.add_argument("--text", action="append", help="expression(s) in the conversation (default: one)")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per configuration (median)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--throughput", type=int, default=0, metavar="N",
+    parser.add_argument(
+        "--runs", type=arguments.whole_number(1), default=3, help="timed runs per configuration (median)"
+    )
+    parser.add_argument("--warmup", type=arguments.whole_number(0), default=1, help="untimed runs before")
+    parser.add_argument(
+        "--threads", type=arguments.whole_number(1), help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument("--throughput", type=arguments.whole_number(0), default=0, metavar="N",
                         help="also measure expressions/s on one image with N expressions (e.g. 7)")  # fmt: skip
     parser.add_argument("--json", help="write the report here")
     parser.add_argument("--markdown", help="write the Markdown table here")
@@ -66,26 +76,20 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench import benchmark, machine, markdown, plot, throughput
+    from ..bench import benchmark, machine, markdown, plot, predictor_dims, throughput
     from ..hosts import GroundingPredictor, get_host
     from ..hosts.sam import SAM_VIT_H
     from ..images import load_image
-    from ..io import write_atomic, write_json
     from ..memory import memory_method
     from ..selection import get_method
+    from ..selection.feasibility import check_combinations
     from ..synthetic import random_predictor
+    from .outputs import OutputFiles
 
-    for flag, value in (
-        ("--runs", args.runs),
-        ("--llm-layers", args.llm_layers),
-        ("--sam-layers", args.sam_layers),
-    ):
-        if value is not None and value < 1:
-            raise LiteLVLMError(f"{flag} must be at least 1, got {value}.")
-    if args.warmup < 0 or args.throughput < 0:
-        raise LiteLVLMError("--warmup and --throughput must not be negative.")
-    outputs = [arguments.check_output_file(p, f) for p, f in ((args.json, "--json"), (args.markdown, "--markdown"),
-                                                              (args.plot, "--plot"))]  # fmt: skip
+    outputs = OutputFiles()
+    json_path = outputs.add(args.json, "--json")
+    markdown_path = outputs.add(args.markdown, "--markdown")
+    plot_path = outputs.add(args.plot, "--plot", suffixes=(".png",))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = arguments.resolve_device(args.device)
@@ -114,18 +118,21 @@ def run(args: argparse.Namespace) -> int:
         )
     options = {name: get_method(name).supported(budget_mode=args.budget_mode) for name in args.methods}
     budgets = args.budgets or [predictor.num_patches, *DEFAULT_PRUNED_BUDGETS]
+    check_combinations(args.methods, budgets, options, grid=predictor.scorer.grid,
+                       num_layers=predictor.model.llm.config.num_hidden_layers)  # fmt: skip
     rows = benchmark(predictor, image, expressions, args.methods, budgets, runs=args.runs,
                      warmup=args.warmup, method_options=options, progress=not args.no_progress)  # fmt: skip
-    scaled = bool(args.llm_layers or args.sam_layers)
+    dims = predictor_dims(predictor)  # labels come from the model run, whatever built it
     full_layers = predictor.host.full_size_llama()["num_hidden_layers"]
+    scaled = dims.llm_layers != full_layers or dims.sam_layers != SAM_VIT_H.num_hidden_layers
     report = {
         "runs": rows,
         "config": {
             "host": predictor.host.display_name,
             "model": args.model or f"{predictor.host.display_name}-7B architecture, random weights",
             "scaled": scaled,
-            "scale": f"LLM {args.llm_layers or full_layers}/{full_layers} layers, "
-            f"SAM {args.sam_layers or SAM_VIT_H.num_hidden_layers}/{SAM_VIT_H.num_hidden_layers} blocks",
+            "scale": f"LLM {dims.llm_layers}/{full_layers} layers, "
+            f"SAM {dims.sam_layers}/{SAM_VIT_H.num_hidden_layers} blocks",
             "sam_attention": args.sam_attention,
             "device": device,
             "dtype": args.dtype,
@@ -146,13 +153,13 @@ def run(args: argparse.Namespace) -> int:
         report["throughput"] = throughput(predictor, image, texts, method, budget, options[method])
     text = markdown(report)
     print(text)
-    json_path, markdown_path, plot_path = outputs
     if json_path:
-        write_json(json_path, report)
+        outputs.stage_json(json_path, report)
     if markdown_path:
-        write_atomic(markdown_path, text.encode())
+        outputs.stage(markdown_path, text.encode())
     if plot_path:
-        plot(report, plot_path)
+        outputs.stage(plot_path, plot(report))
+    outputs.commit()
     return 0
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
+import warnings
+from pathlib import Path
 
 from ..errors import LiteLVLMError
 from ..evaluation.paper import PRESETS
 from ..evaluation.protocols import PROTOCOLS
 from . import arguments
+from .outputs import check_output_dir
 
 DEFAULT_PRUNED_BUDGETS = (192, 128, 64)  # the paper's budgets
 # Without --preset: the data set, split and methods when not given (None marks "not given" for --preset).
@@ -65,11 +69,12 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.loop import evaluate, run_config
 
     arguments.check_extra_options(args, args.methods)
-    out = arguments.check_output_dir(args.out)
+    out = check_output_dir(args.out)
     directory, protocol = _checkpoint_and_protocol(args)
     dataset, data, name, split = arguments.load_data(args)
     state, predictor = _load_predictor(args, directory)
     budgets = args.budgets or [predictor.num_patches, *DEFAULT_PRUNED_BUDGETS]
+    arguments.check_run_plan(args, args.methods, budgets, predictor)
     config = run_config(
         dataset=name,
         split=split,
@@ -99,8 +104,6 @@ def run(args: argparse.Namespace) -> int:
 
 def run_preset(args: argparse.Namespace) -> int:
     """`--preset`: every split of the preset with one model load, then the paper table (evaluation/paper.py)."""
-    import warnings
-    from pathlib import Path
 
     from ..evaluation import paper
     from ..evaluation.published import load_paper_table
@@ -112,15 +115,14 @@ def run_preset(args: argparse.Namespace) -> int:
             f"--preset {preset.name} chooses the data sets, splits, methods and budgets itself; "
             f"drop {' and '.join(given)}."
         )
-    if args.limit is not None and args.limit < 1:
-        raise LiteLVLMError(f"--limit must be at least 1, got {args.limit}.")
     paper.check_methods(preset)
     arguments.check_extra_options(args, list(preset.methods))
-    out = arguments.check_output_dir(args.out)
+    out = check_output_dir(args.out)
     directory, protocol = _checkpoint_and_protocol(args)
     published = load_paper_table()
     datasets = paper.load_splits(preset, args.data_root, images=args.images)
     state, predictor = _load_predictor(args, directory)
+    arguments.check_run_plan(args, list(preset.methods), preset.budgets(predictor.num_patches), predictor)
     if predictor.host.display_name != published.host:
         warnings.warn(
             f"the published numbers are {published.host}'s; the table sets {predictor.host.display_name}'s "
@@ -169,6 +171,13 @@ def _load_predictor(args: argparse.Namespace, directory):
     from ..hosts import GroundingPredictor
 
     state = PartialState(cpu=args.device == "cpu")
+    requested = _accelerate_cpu_processes_requested()
+    if state.num_processes == 1 and requested > 1:
+        warnings.warn(
+            f"`accelerate launch --cpu` starts one process whatever --num_processes says ({requested}); for "
+            f"{requested} CPU processes run `torchrun --nproc_per_node {requested} -m litelvlm eval ... --device cpu`.",
+            stacklevel=1,
+        )
     device = (
         str(state.device)
         if state.num_processes > 1 or args.device is None
@@ -178,6 +187,21 @@ def _load_predictor(args: argparse.Namespace, directory):
         directory, clip=args.clip, dtype=arguments.resolve_dtype(args.dtype), device=device
     )
     return state, predictor
+
+
+def _accelerate_cpu_processes_requested() -> int:
+    """The --num_processes of an `accelerate launch --cpu` that started this process (which then runs a single
+    process, silently), read from the launcher's command line; 0 when not launched that way."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() != "true":
+        return 0
+    try:
+        words = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:  # not Linux
+        return 0
+    for flag, value in zip(words, words[1:]):
+        if flag in ("--num_processes", "--num-processes") and value.isdigit():
+            return int(value)
+    return 0
 
 
 def _shared_config(args: argparse.Namespace, data: str, protocol: str) -> dict:

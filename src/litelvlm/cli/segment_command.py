@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 from ..errors import LiteLVLMError
 from . import arguments
+
+EXIT_NO_MASK = 1  # the command ran, but the model wrote no [SEG] for any expression (only with --generate)
 
 
 def add_parser(subparsers) -> None:
@@ -51,7 +54,9 @@ def add_parser(subparsers) -> None:
     arguments.add_method_arguments(parser)
     arguments.add_positions_argument(parser)
     parser.add_argument("--generate", action="store_true", help="let the model write its answer (greedy)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="generation length limit")
+    parser.add_argument(
+        "--max-new-tokens", type=arguments.whole_number(1), default=64, help="generation length limit"
+    )
     parser.add_argument(
         "--out", required=True, help="mask PNG; with several expressions NAME_0.png, NAME_1.png, ..."
     )
@@ -73,16 +78,16 @@ def run(args: argparse.Namespace) -> int:
 
     from ..hosts import GroundingPredictor
     from ..images import load_image
-    from ..io import save_png, write_json
     from ..scoring import check_text
+    from .outputs import IMAGE_FORMATS, OutputFiles
 
-    out = arguments.check_output_file(args.out, "--out")
+    outputs = OutputFiles()
+    out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise LiteLVLMError(f"--out {args.out!r} must name a .png file (masks are stored losslessly).")
-    overlay_path = arguments.check_output_file(args.overlay, "--overlay")
-    json_path = arguments.check_output_file(args.json, "--json")
-    if args.max_new_tokens < 1:
-        raise LiteLVLMError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    paths = [outputs.add(str(path), "--out") for path in mask_paths(out, len(args.text))]
+    overlay_path = outputs.add(args.overlay, "--overlay", suffixes=tuple(IMAGE_FORMATS))
+    json_path = outputs.add(args.json, "--json")
     expressions = [check_text(text) for text in args.text]
     arguments.check_extra_options(args, [args.method])
     image = load_image(args.image)
@@ -105,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
         positions=args.positions,
         **options,
     )
-    paths = mask_paths(out, len(expressions))
     records = []
     for number, (result, path) in enumerate(zip(prediction.results, paths)):
         if result.mask is None:
@@ -115,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
         else:
-            save_png(path, Image.fromarray(result.mask.astype(np.uint8) * 255))
+            outputs.stage_image(path, Image.fromarray(result.mask.astype(np.uint8) * 255))
         records.append(
             {
                 "text": result.expression,
@@ -132,9 +136,9 @@ def run(args: argparse.Namespace) -> int:
     timings = {**predictor.image_timings, **prediction.timings}
     timings["total"] = sum(timings.values())
     if overlay_path is not None:
-        save_png(overlay_path, _overlay(image, prediction, predictor, args))
+        outputs.stage_image(overlay_path, _overlay(image, prediction, predictor, args))
     if json_path is not None:
-        write_json(
+        outputs.stage_json(
             json_path,
             {
                 "host": predictor.host.name,
@@ -159,12 +163,20 @@ def run(args: argparse.Namespace) -> int:
                 "device": device,
             },
         )
+    outputs.commit()
     found = sum(record["seg_found"] for record in records)
     print(
         json.dumps(
             {"masks": found, "of": len(records), "files": [r["mask_file"] for r in records if r["mask_file"]]}
         )
     )
+    if found == 0:
+        print(
+            f"litelvlm segment: no expression produced a mask (no [SEG] token was generated); exit code "
+            f"{EXIT_NO_MASK}.",
+            file=sys.stderr,
+        )
+        return EXIT_NO_MASK
     return 0
 
 

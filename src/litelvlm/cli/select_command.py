@@ -39,13 +39,14 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..images import load_image
-    from ..io import save_png, write_json
     from ..prompts import clip_texts
     from ..scoring import ClipScorer, check_text
     from ..selection import get_method, select_tokens
+    from .outputs import IMAGE_FORMATS, OutputFiles
 
-    json_path = arguments.check_output_file(args.json, "--json")
-    overlay_path = arguments.check_output_file(args.overlay, "--overlay")
+    outputs = OutputFiles()
+    json_path = outputs.add(args.json, "--json")
+    overlay_path = outputs.add(args.overlay, "--overlay", suffixes=tuple(IMAGE_FORMATS))
     expressions = [check_text(text) for text in args.text]
     method = get_method(args.method)
     arguments.check_extra_options(args, [args.method])
@@ -74,9 +75,7 @@ def run(args: argparse.Namespace) -> int:
         "clip": args.clip,
     }
     if json_path is not None:
-        write_json(json_path, payload)
-    else:
-        print(json.dumps(payload))
+        outputs.stage_json(json_path, payload)
     if overlay_path is not None:
         from ..viz import overlay
 
@@ -88,5 +87,8 @@ def run(args: argparse.Namespace) -> int:
             geometry=scorer.preprocess.geometry(*image.size),
             title=f"{args.method} @ {min(args.budget, scores.num_patches)}/{scores.num_patches}",
         )
-        save_png(overlay_path, picture)
+        outputs.stage_image(overlay_path, picture)
+    outputs.commit()
+    if json_path is None:
+        print(json.dumps(payload))
     return 0

@@ -60,6 +60,11 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     return (sums / counts)[inverse]
 
 
+def analysis_options(method: str, seed: int) -> dict:
+    """The options a method runs with in the analysis: raster order (recall does not depend on order)."""
+    return get_method(method).supported(order="raster", seed=seed)
+
+
 def analyze(scorer, dataset, config: dict, progress: bool = True) -> dict:
     """Referent recall/precision per method and budget, and similarity statistics, over a data set."""
     methods, budgets = config["methods"], config["budgets"]
@@ -91,7 +96,7 @@ def analyze(scorer, dataset, config: dict, progress: bool = True) -> dict:
                 aucs.append(low_similarity_auc(similarity, region))
             for method in methods:
                 for budget in budgets:
-                    options = get_method(method).supported(order="raster", seed=config["seed"])
+                    options = analysis_options(method, config["seed"])
                     kept = select_tokens(method, scores, budget, **options).indices[0].cpu().numpy()
                     kept_mask = np.zeros(scores.num_patches, bool)
                     kept_mask[kept] = True
@@ -126,16 +131,14 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def plot_analysis(result: dict, path) -> None:
-    """Left: referent recall against budget per method. Right: the per-expression AUC histogram."""
-    import io
-
+def plot_analysis(result: dict) -> bytes:
+    """PNG. Left: referent recall against budget per method. Right: the per-expression AUC histogram."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import save_png
+    from ..io import figure_png
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     methods = list(dict.fromkeys(row["method"] for row in result["selection"]))
@@ -159,10 +162,7 @@ def plot_analysis(result: dict, path) -> None:
     right.set_xlabel("per-expression AUC")
     right.set_ylabel("expressions")
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(figure)
-    save_png(path, Image.open(buffer).convert("RGB"))
+    return figure_png(figure)
 
 
 def markdown(result: dict) -> str:

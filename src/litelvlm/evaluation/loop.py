@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from .metrics import intersection_union, summarize
 from .protocols import image_generator, plan_image
 from .records import RecordLog
 from .report import write_reports
+from .run_directory import read_config, run_lock
 
 RUN_FILE = "run.json"
 # Fields of the run configuration that must match for a run to be resumed.
@@ -64,12 +66,15 @@ def prepare_run(directory: Path, config: dict, is_main: bool) -> None:
     """Create the run directory with its run.json, or check that an existing one is the same run."""
     path = directory / RUN_FILE
     if path.exists():
-        previous = json.loads(path.read_text())
+        previous = read_config(directory, RUN_FILE, "run.json")
         changed = [name for name in IDENTITY_FIELDS if previous.get(name) != config.get(name)]
         if changed:
-            raise LiteLVLMError(
+            problem = (
                 f"{str(directory)!r} holds a run with a different {', '.join(changed)}; "
-                "resume it with the same arguments, or pass another --out."
+                "resume it with the same arguments, or"
+            )
+            raise LiteLVLMError(
+                f"{problem} use another run directory.", cli_message=f"{problem} pass another --out."
             )
         return
     if is_main:
@@ -95,6 +100,14 @@ def evaluate(
     Images are sharded round-robin over `world` processes; `barrier` synchronises them before merging.
     """
     directory = Path(directory)
+    with run_lock(directory, rank):
+        return _evaluate(
+            predictor, dataset, config, directory, rank, world, barrier, progress, method_options
+        )
+
+
+def _evaluate(predictor, dataset, config, directory, rank, world, barrier, progress, method_options):
+    """`evaluate` inside the run directory's lock."""
     methods, budgets = config["methods"], config["budgets"]
     images = dataset.images[: config["limit"]] if config.get("limit") else list(dataset.images)
     config = {**config, "num_images": len(images)}
@@ -103,13 +116,28 @@ def evaluate(
     log = RecordLog(directory, rank)
     done = log.completed_units()
     mine = [(index, image) for index, image in enumerate(images) if index % world == rank]
+    plans = {index: plan_image(image, config["protocol"], config["seed"]) for index, image in mine}
+    units = [(index, m, b) for index, _ in mine for m in methods for b in budgets]
+    already = [(i, m, b) for i, m, b in units if unit_key(images[i].image_id, m, b) in done]
+    if already and progress and rank == 0:
+        tqdm.write(
+            f"resuming {str(directory)!r}: {len(already)} of {len(units)} image x method x budget units already "
+            "done",
+            file=sys.stderr,
+        )
+    bar = tqdm(
+        total=sum(len(plans[i].queries) for i, _, _ in units),
+        initial=sum(len(plans[i].queries) for i, _, _ in already),
+        unit="expr",
+        disable=not progress or rank != 0,
+        desc=f"{config.get('dataset', 'eval')}",
+    )
     sums = defaultdict(list)
-    bar = tqdm(mine, unit="img", disable=not progress or rank != 0, desc=f"{config.get('dataset', 'eval')}")
-    for image_index, image in bar:
+    for image_index, image in mine:
         todo = [(m, b) for m in methods for b in budgets if unit_key(image.image_id, m, b) not in done]
         if not todo:
             continue
-        plan = plan_image(image, config["protocol"], config["seed"])
+        plan = plans[image_index]
         truths = {}
         predictor.set_image(image.path)
         unpruned = None  # the prediction at a budget >= the patch count, the same for every method
@@ -126,6 +154,12 @@ def evaluate(
                 referent = query.referent
                 if referent.ref_id not in truths:
                     truths[referent.ref_id] = dataset.mask(referent)
+                if result.mask.shape != truths[referent.ref_id].shape:  # both in the displayed frame
+                    raise LiteLVLMError(
+                        f"image {str(image.path)!r} gives a {result.mask.shape} mask but its ground truth is "
+                        f"{truths[referent.ref_id].shape}; the file does not match its annotations — restore the "
+                        "original image."
+                    )
                 intersection, union = intersection_union(result.mask, truths[referent.ref_id])
                 records.append(
                     {
@@ -153,8 +187,10 @@ def evaluate(
                 )
                 sums[(method, budget)].append((intersection, union))
             log.append_unit(unit_key(image.image_id, method, budget), records)
+            bar.update(len(records))
         first = next(iter(sums))
         bar.set_postfix_str(f"cIoU {first[0]}@{first[1]} {100 * summarize(sums[first])['ciou']:.1f}")
+    bar.close()
     barrier()
     if rank != 0:
         return None

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..errors import LiteLVLMError
 from ..io import format_json, write_atomic
 from .loop import evaluate
-from .rebuild import read_config
+from .run_directory import read_config, run_lock
 
 PRESET_FILE = "preset.json"
 PAPER_SPLITS = (
@@ -126,9 +126,12 @@ def prepare_preset(directory: Path, record: dict, is_main: bool) -> None:
         previous = read_config(directory, PRESET_FILE, "preset.json")
         changed = [name for name in IDENTITY_FIELDS if previous.get(name) != record.get(name)]
         if changed:
-            raise LiteLVLMError(
+            problem = (
                 f"{str(directory)!r} holds a preset run with a different {', '.join(changed)}; "
-                "resume it with the same arguments, or pass another --out."
+                "resume it with the same arguments, or"
+            )
+            raise LiteLVLMError(
+                f"{problem} use another run directory.", cli_message=f"{problem} pass another --out."
             )
         return
     if is_main:
@@ -154,10 +157,18 @@ def run_preset(
     datasets: from `load_splits`. base: the run settings shared by the splits (data, protocol, seed, limit,
     model, clip, dtype, text_source, options), as `litelvlm.evaluation.loop.run_config` takes them.
     """
+    directory = Path(directory)
+    with run_lock(directory, rank):
+        return _run_preset(
+            predictor, preset, datasets, base, directory, rank, world, barrier, progress, method_options
+        )
+
+
+def _run_preset(predictor, preset, datasets, base, directory, rank, world, barrier, progress, method_options):
+    """`run_preset` inside the preset directory's lock."""
     from .loop import run_config
     from .paper_table import write_paper_reports
 
-    directory = Path(directory)
     budgets = preset.budgets(predictor.num_patches)
     record = preset_record(preset, budgets, base)
     prepare_preset(directory, record, rank == 0)

@@ -35,11 +35,13 @@ def check_protocol(protocol: str, host) -> str:
     if protocol not in PROTOCOLS:
         raise LiteLVLMError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}.")
     if TURNS[protocol] > host.max_turns:
-        raise LiteLVLMError(
+        problem = (
             f"protocol {protocol!r} puts {TURNS[protocol]} expressions in one conversation, but "
             f"{host.display_name} holds {host.max_turns} per conversation (its training and evaluation format); "
-            f"use --protocol {host.protocol}, {host.display_name}'s own."
+            "use"
         )
+        fix = f"{host.protocol}, {host.display_name}'s own."
+        raise LiteLVLMError(f"{problem} protocol {fix}", cli_message=f"{problem} --protocol {fix}")
     return protocol
 
 

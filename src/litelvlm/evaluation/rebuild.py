@@ -13,21 +13,10 @@ from pathlib import Path
 from ..errors import LiteLVLMError
 from .loop import RUN_FILE, finish_records
 from .records import part_files, read_parts
+from .run_directory import read_config
 
 RECORDS_FILE = "records.jsonl"
 REMEDY = "finish the run with the same eval command first"
-
-
-def read_config(directory: Path, name: str, what: str) -> dict:
-    """The JSON configuration file `name` of a run directory, or one sentence saying what is wrong."""
-    path = directory / name
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise LiteLVLMError(f"{str(path)!r} is not valid JSON; it is not a {what} litelvlm wrote.") from None
-    if not isinstance(config, dict):
-        raise LiteLVLMError(f"{str(path)!r} does not hold an object; it is not a {what} litelvlm wrote.")
-    return config
 
 
 def read_records(directory: Path) -> list[dict]:

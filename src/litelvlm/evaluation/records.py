@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..io import write_atomic
+from ..io import TEMPORARY_SUFFIX, write_atomic
 
 PARTS = "parts"
 
@@ -24,6 +24,8 @@ class RecordLog:
         self.parts = self.directory / PARTS
         self.parts.mkdir(parents=True, exist_ok=True)
         self.path = self.parts / f"records.rank{rank}.jsonl"
+        for stale in self.parts.glob(f".{self.path.name}.*{TEMPORARY_SUFFIX}"):  # a repair killed mid-write
+            stale.unlink(missing_ok=True)
         self._repair()
 
     def _repair(self) -> None:

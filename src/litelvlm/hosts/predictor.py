@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..checkpoints import check_device
 from ..errors import LiteLVLMError
 from ..images import load_image
 from ..prompts import TEXT_SOURCES, clip_texts
@@ -121,18 +122,20 @@ class GroundingPredictor:
         self._images: ImageState | None = None
         self.image_timings: dict[str, float] = {}  # stage seconds of the last set_image
         host, clip = self.host, scorer.vision.config
+        fix = f"pass the CLIP checkpoint it was trained with ({host.default_vision_tower})"
+        problem = None
         if clip.hidden_size != model.config.mm_hidden_size:
-            raise LiteLVLMError(
+            problem = (
                 f"the CLIP tower is {clip.hidden_size} wide but {host.display_name}'s projector expects "
-                f"{model.config.mm_hidden_size}; pass the CLIP checkpoint it was trained with "
-                f"({host.default_vision_tower}) with --clip."
+                f"{model.config.mm_hidden_size}"
             )
-        if clip.image_size != host.clip_image_size:
-            raise LiteLVLMError(
+        elif clip.image_size != host.clip_image_size:
+            problem = (
                 f"{host.display_name} reads images with CLIP at {host.clip_image_size} px, but the CLIP given "
-                f"works at {clip.image_size} px ({scorer.num_patches} patches); pass the CLIP checkpoint it was "
-                f"trained with ({host.default_vision_tower}) with --clip."
+                f"works at {clip.image_size} px ({scorer.num_patches} patches)"
             )
+        if problem:
+            raise LiteLVLMError(f"{problem}; {fix} as clip=.", cli_message=f"{problem}; {fix} with --clip.")
 
     @classmethod
     def from_pretrained(
@@ -146,7 +149,7 @@ class GroundingPredictor:
     ) -> GroundingPredictor:
         """Load a host checkpoint directory (or hub id); the host (GLaMM, LISA) is read from the checkpoint.
         CLIP comes from `clip` (default: the config's vision tower, e.g. openai/clip-vit-large-patch14-336)."""
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = check_device(device)  # before any file is read
         directory = local_checkpoint_dir(path_or_id)
         host, config = detect_host(directory)
         model = load_grounding_model(directory, host, config, dtype=dtype, device=device)
@@ -176,8 +179,13 @@ class GroundingPredictor:
     ) -> None:
         """Run CLIP's vision pass and SAM's image encoder once for one image (or a list) and cache them."""
         timer = timer or StageTimer(self.device)
-        if isinstance(images, (Image.Image, str, os.PathLike)):
+        if isinstance(images, (Image.Image, str, os.PathLike, np.ndarray)):
             images = [images]
+        if not isinstance(images, Sequence) or len(images) == 0:
+            raise LiteLVLMError(
+                f"set_image takes an image (a PIL image, a file path or an H x W x 3 uint8 array) or a non-empty "
+                f"list of them, got {_describe(images)}."
+            )
         pictures = [load_image(image) for image in images]
         with timer("clip_vision"):
             features = self.scorer.encode_image(self.scorer.preprocess(pictures))
@@ -215,9 +223,13 @@ class GroundingPredictor:
         "original" (each at its patch index among all patches; the text after the image as if none were
         pruned). Further keyword options go to the selection method (e.g. order="raster", seed=1).
         """
-        if isinstance(expressions, str) or not all(isinstance(e, str) for e in expressions):
+        if isinstance(expressions, str):
             raise LiteLVLMError(
-                f"predict takes a list of expression strings for the set image, got {expressions!r}; "
+                f"predict takes a list of expressions, got the string {expressions!r}; pass [{expressions!r}]."
+            )
+        if not isinstance(expressions, Sequence) or not all(isinstance(e, str) for e in expressions):
+            raise LiteLVLMError(
+                f"predict takes a list of expression strings for the set image, got {_describe(expressions)}; "
                 "use predict_batch([[...], [...]]) with one list per image for several images."
             )
         templates = {
@@ -294,8 +306,12 @@ class GroundingPredictor:
         budget = num_patches if budget is None else check_budget(budget)
         if text_source not in TEXT_SOURCES:
             raise LiteLVLMError(f"text_source must be one of {', '.join(TEXT_SOURCES)}, got {text_source!r}.")
-        if max_new_tokens < 1:
-            raise LiteLVLMError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise LiteLVLMError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}.")
+        if not isinstance(generate_answer, bool):
+            raise LiteLVLMError(f"generate_answer must be True or False, got {generate_answer!r}.")
+        if decoding is not None and not callable(decoding):
+            raise LiteLVLMError(f"decoding must be a function (logits, step) -> token ids, got {decoding!r}.")
         if positions not in POSITIONS:
             raise LiteLVLMError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}.")
         turns = self._turns_per_conversation(turns_per_conversation)
@@ -510,3 +526,11 @@ def _templates(templates, per_image: list[list[str]], default: int, name: str) -
                 "expression."
             )
     return lists
+
+
+def _describe(value: object) -> str:
+    """A short description of a bad argument for messages (arrays and long lists are not printed whole)."""
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return f"a {type(value).__name__} of shape {tuple(value.shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"

@@ -58,12 +58,23 @@ class TokenScores:
         return torch.device("cpu")
 
     def require(self, method: str, *names: str) -> None:
+        """The fields `method` reads are present and finite (NaN or infinite scores would rank arbitrarily)."""
         missing = [name for name in names if getattr(self, name) is None]
         if missing:
             raise LiteLVLMError(
                 f"method {method!r} needs the score field(s) {', '.join(missing)}; "
                 "compute them with ClipScorer.score(..., needs=...)."
             )
+        for name in names:
+            value = getattr(self, name)
+            if name == "similarity" and self.text_mask is not None:
+                value = value[self.text_mask.to(value.device)]  # padded text slots are never read
+            if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value)).sum())
+                raise LiteLVLMError(
+                    f"the {name} scores hold {bad} NaN or infinite value(s) of {value.numel()}, so {method!r} cannot "
+                    "rank the tokens; check the model's dtype (float16 overflows) and its weights."
+                )
 
 
 @dataclass
@@ -185,13 +196,52 @@ def check_full_budget(full_budget: object) -> str:
 
 
 def check_options(entry: SelectionMethod, options: Mapping[str, object]) -> None:
-    """A clear error for an option the method does not take (instead of a TypeError deep inside it)."""
+    """A clear error for an option the method does not take, or of the wrong type (instead of a TypeError deep
+    inside it). The expected type is the default's, else the annotation's (e.g. `float | None`)."""
     unknown = [name for name in options if name not in entry.option_names]
     if unknown:
         accepted = ", ".join(entry.option_names) or "none"
         raise LiteLVLMError(
             f"method {entry.name!r} takes no option {unknown[0]!r}; its options are: {accepted}."
         )
+    parameters = inspect.signature(entry.fn).parameters
+    for name, value in options.items():
+        expected = _expected_type(parameters[name])
+        if expected is None or (value is None and parameters[name].default is None):
+            continue
+        kind, accepts = expected
+        if not accepts(value):
+            raise LiteLVLMError(
+                f"option {name!r} of method {entry.name!r} must be {kind}, got {value!r} "
+                f"({type(value).__name__}); pass {kind}."
+            )
+        if name == "seed" and value < 0:
+            raise LiteLVLMError(f"seed must be a whole number >= 0, got {value}; pass 0 or more.")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+# (description, test) by the type name a default or annotation gives.
+_OPTION_TYPES = {
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "int": ("a whole number", _is_int),
+    "float": ("a number", _is_real),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "tuple": ("a sequence of whole numbers", lambda v: isinstance(v, (tuple, list)) and all(map(_is_int, v))),
+}
+
+
+def _expected_type(parameter: inspect.Parameter) -> tuple[str, Callable[[object], bool]] | None:
+    if parameter.default is not None and parameter.default is not inspect.Parameter.empty:
+        return _OPTION_TYPES.get(type(parameter.default).__name__)
+    annotation = str(parameter.annotation)
+    return next((kind for name, kind in _OPTION_TYPES.items() if annotation.startswith(name)), None)
 
 
 def select_tokens(

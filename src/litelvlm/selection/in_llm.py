@@ -78,10 +78,11 @@ def _fit_ratio(layers: list[int], budget: float, num_layers: int, num_visual: in
 
 
 def _unreachable(method: str, budget: int, minimum: float) -> LiteLVLMError:
-    return LiteLVLMError(
+    problem = (
         f"{method} cannot average {budget} visual tokens per layer: its unpruned early layers alone average "
-        f"{minimum:.0f}; use a larger budget or budget_mode='final'."
+        f"{minimum:.0f}; use a larger budget or"
     )
+    return LiteLVLMError(f"{problem} budget_mode='final'.", cli_message=f"{problem} --budget-mode final.")
 
 
 @register(
@@ -125,7 +126,7 @@ PDROP_EARLY_LAYERS = (2, 6, 12)  # for average budgets the default stages cannot
 @register(
     "pdrop",
     stage="llm",
-    description="inside the LLM: PyramidDrop, stages at layers 8/16/24 keeping r, r^2, r^3",
+    description="inside the LLM: PyramidDrop, stages at layers 8/16/24 (2/6/12 at low budgets) keeping r, r^2, r^3",
 )
 def pdrop_plan(
     budget: int, num_layers: int, num_visual: int, *, layers: tuple[int, ...] | None = None,
