@@ -419,3 +419,19 @@ def test_write_jsonl_round_trip_still_refuses_a_wrong_sized_mask(folder):
         folder / "w.jsonl", [{"image": "imgs/a.jpg", "expression": "x", "mask": np.ones((3, 3))}]
     )
     raises(lambda: load_jsonl(path), "line 1 of", "[3, 3]", "[30, 40]", "encode the mask")
+
+
+def test_eval_style_jsonl_with_images_reads_the_images_folder(folder, tiny_clip_dir, capsys):
+    """Before: `--jsonl F --images DIR` ignored DIR silently. Now DIR is searched first (analyze shares eval's
+    data options), and an image found in neither folder is one sentence naming both."""
+    pictures = folder / "pictures" / "imgs"
+    pictures.mkdir(parents=True)
+    (folder / "imgs" / "a.jpg").rename(pictures / "a.jpg")
+    (folder / "refs.jsonl").write_text(GOOD + "\n")
+    common = ["analyze", "--clip", tiny_clip_dir, "--jsonl", folder / "refs.jsonl", "--no-progress",
+              "--budgets", "64"]  # fmt: skip
+    code, _, err = run_cli(capsys, *common, "--out", folder / "without")
+    assert_one_sentence(code, err, "'imgs/a.jpg'", "does not exist", "--images")
+    code, _, err = run_cli(capsys, *common, "--images", folder / "pictures", "--out", folder / "with")
+    assert code == 0, err
+    assert (folder / "with" / "analysis.json").is_file()
