@@ -3,6 +3,7 @@ code (or `LiteLVLMError`), no traceback, and nothing written before lost or over
 guarantees (a lock, parents created, stale temporaries removed) and file permissions."""
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -12,14 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from bad_input import assert_one_sentence, run_cli, snapshot
 from litelvlm import cli
 from litelvlm.cli import eval_command
 from litelvlm.errors import LiteLVLMError
+from litelvlm.hosts import GroundingPredictor
 from litelvlm.io import write_atomic
+from litelvlm.scoring import ClipScorer
 from litelvlm.selection import TokenScores, select_tokens
-from litelvlm.selection.feasibility import check_combinations
+from litelvlm.selection.feasibility import check_combinations, synthetic_scores
 from litelvlm.testing import make_tiny_refcoco
 
 
@@ -400,3 +404,123 @@ def test_predictor_accepts_a_numpy_image_like_sams(predictor, images):
     from_array = predictor.predict(["a dog"], budget=16).results[0].mask
     predictor.set_image(images[0])
     assert np.array_equal(from_array, predictor.predict(["a dog"], budget=16).results[0].mask)
+
+
+# ---------------------------------------------------------------- found by a black-box review (253 cases)
+API_MORE = {
+    "text beyond the context": (lambda p, s: p.predict(["word " * 6000]), ["context of 4096", "shorten"]),
+    "special token in the text": (lambda p, s: p.predict(["the [SEG] box"]), ["special token '[SEG]'", "remove"]),
+    "generation beyond the context": (
+        lambda p, s: p.predict(["a dog"], generate_answer=True, max_new_tokens=100_000),
+        ["plus 100000 to generate", "lower max_new_tokens"],
+    ),
+    "scorer set_image None": (lambda p, s: s.set_image(None), ["NoneType None", "PIL image"]),
+    "scorer set_image empty": (lambda p, s: s.set_image([]), ["non-empty list"]),
+    "select_tokens without scores": (
+        lambda p, s: select_tokens("litelvlm", None, 8), ["TokenScores", "NoneType", "scorer.score"]),
+    "select_tokens on a tensor": (
+        lambda p, s: select_tokens("litelvlm", torch.zeros(1, 576), 8), ["TokenScores", "Tensor"]),
+    "option out of range says what to pass": (
+        lambda p, s: select_tokens("vispruner", synthetic_scores((4, 4)), 4, important_ratio=2.0), ["pass a value in [0, 1]"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", API_MORE)
+def test_more_api_refusals(predictor, scorer, images, case):
+    call, names = API_MORE[case]
+    predictor.set_image(images[0])
+    with pytest.raises(LiteLVLMError) as caught:
+        call(predictor, scorer)
+    for name in names:
+        assert name in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "call, names",
+    [
+        (lambda clip: ClipScorer.from_pretrained(5), ["path_or_id", "int 5"]),
+        (lambda clip: ClipScorer.from_pretrained(clip, dtype="int8"), ["'int8'", "torch.bfloat16"]),
+        (lambda clip: ClipScorer.from_pretrained(clip, dtype=5), ["dtype 5"]),
+        (lambda clip: GroundingPredictor.from_pretrained(clip, clip=3), ["clip must be", "int 3"]),
+    ],
+    ids=["checkpoint a number", "dtype int8", "dtype a number", "clip a number"],
+)
+def test_loading_arguments_of_the_wrong_type(tiny_clip_dir, call, names):
+    with pytest.raises(LiteLVLMError) as caught:
+        call(tiny_clip_dir)
+    for name in names:
+        assert name in str(caught.value), str(caught.value)
+
+
+def test_dtype_names_are_accepted_as_the_cli_accepts_them(tiny_clip_dir):
+    assert ClipScorer.from_pretrained(tiny_clip_dir, dtype="bfloat16").dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("flag", ["--json", "--overlay"])
+def test_an_output_may_not_replace_the_input_image(tiny_clip_dir, tmp_path, capsys, flag):
+    image = tmp_path / "in.png"
+    Image.new("RGB", (64, 48), (90, 10, 10)).save(image)
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(capsys, *select_args(tiny_clip_dir, image, flag, image))
+    assert_one_sentence(code, err, flag, "would replace the --image file", "another name")
+    assert snapshot(tmp_path) == before
+
+
+def test_successful_commands_say_what_they_wrote(tiny_clip_dir, image_file, tmp_path, capsys):
+    files = [tmp_path / "s.json", tmp_path / "s.png"]
+    code, _, err = run_cli(
+        capsys, *select_args(tiny_clip_dir, image_file, "--json", files[0], "--overlay", files[1])
+    )
+    assert code == 0 and err == f"litelvlm select: wrote {files[0]}, {files[1]}\n"
+
+
+def test_a_directory_given_for_a_file_gets_a_useful_example(tiny_clip_dir, image_file, tmp_path, capsys):
+    code, _, err = run_cli(capsys, *select_args(tiny_clip_dir, image_file, "--json", tmp_path))
+    assert_one_sentence(code, err, f"such as '{tmp_path / 'json.json'}'")
+
+
+def test_a_garbage_preprocessor_config(tiny_clip_dir, image_file, tmp_path, capsys):
+    clip = tmp_path / "clip"
+    shutil.copytree(tiny_clip_dir, clip)
+    (clip / "preprocessor_config.json").write_text("[1")
+    code, _, err = run_cli(capsys, *select_args(clip, image_file))
+    assert_one_sentence(code, err, "preprocessor_config.json", "not valid JSON", "re-download")
+
+
+def test_report_on_a_file_and_on_an_unwritable_run(image_file, unwritable_dir, capsys):
+    code, _, err = run_cli(capsys, "report", image_file)
+    assert_one_sentence(code, err, "is a file", "run directory")
+    code, _, err = run_cli(capsys, "report", unwritable_dir)
+    assert_one_sentence(code, err, "not writable")
+
+
+def test_max_new_tokens_without_generate(tiny_glamm_dir, image_file, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "segment", "--model", tiny_glamm_dir, "--image", image_file, "--text", "a dog",
+                           "--out", tmp_path / "m.png", "--max-new-tokens", "5")  # fmt: skip
+    assert_one_sentence(code, err, "--max-new-tokens applies to --generate")
+    assert list(tmp_path.iterdir()) == [image_file]
+
+
+def test_an_undecodable_rle_in_jsonl_is_refused_at_load(tmp_path):
+    from litelvlm.data import load_jsonl
+
+    Image.new("RGB", (32, 24)).save(tmp_path / "a.jpg")
+    (tmp_path / "refs.jsonl").write_text(
+        '{"image": "a.jpg", "expression": "x", "mask": {"size": [24, 32], "counts": "!!!"}}\n'
+    )
+    with pytest.raises(LiteLVLMError, match=r"line 1 of .*cannot be decoded.*re-encode"):
+        load_jsonl(tmp_path / "refs.jsonl")
+
+
+@pytest.mark.parametrize("command", ["analyze", "bench", "eval", "segment"])
+def test_every_option_with_a_default_shows_it(command, capsys):
+    code, out, _ = run_cli(capsys, command, "--help")
+    out = " ".join(out.split())
+    expected = {
+        "analyze": ["(default: litelvlm,topk_similarity,random)", "(default: 192,128,64)", "(default: glamm)",
+                    "(default: questions)"],
+        "bench": ["(default: litelvlm)", "(default: the full 32)", "(default: 'the man in the red shirt"],
+        "eval": ["(default: refcoco)", "(default: val)", "(default: all)"],
+        "segment": ["(default: 64)", "(default: litelvlm)", "(default: identity)"],
+    }[command]  # fmt: skip
+    assert code == 0 and all(text in out for text in expected), [t for t in expected if t not in out]

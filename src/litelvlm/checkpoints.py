@@ -33,6 +33,15 @@ def reason_of(error: BaseException, limit: int = 200) -> str:
     return f"{type(error).__name__}: {lines[0][:limit]}" if lines else type(error).__name__
 
 
+def check_path_argument(value: object, name: str) -> None:
+    """A checkpoint argument must be a path or a hub id string (not a number, None, ...)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise LiteLVLMError(
+            f"{name} must be a checkpoint directory or a hub id such as 'owner/name', got {type(value).__name__} "
+            f"{shown(value)}."
+        )
+
+
 def looks_like_hub_id(name: str) -> bool:
     """'owner/name' that is not an existing path and not written as a path (./x, /x, ~/x)."""
     return bool(_HUB_ID.match(name)) and not name.startswith((".", "/", "~"))
@@ -225,7 +234,28 @@ def shown(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# ---------------------------------------------------------------------------------------------------- devices
+# ---------------------------------------------------------------------------------------------- dtypes, devices
+DTYPE_NAMES = (
+    "float32",
+    "bfloat16",
+    "float16",
+)  # the model dtypes litelvlm runs in (the CLI's --dtype choices)
+
+
+def check_dtype(dtype: object):
+    """`dtype` as a torch floating dtype litelvlm runs in: a torch.dtype or its name ("bfloat16", also
+    "torch.bfloat16"); one sentence otherwise."""
+    import torch
+
+    name = str(dtype).removeprefix("torch.") if isinstance(dtype, (str, torch.dtype)) else None
+    if name in DTYPE_NAMES:
+        return getattr(torch, name)
+    raise LiteLVLMError(
+        f"dtype {dtype!r} is not one litelvlm runs in; pass torch.float32, torch.bfloat16 or torch.float16 (or "
+        "their names)."
+    )
+
+
 def check_device(device: object):
     """`device` as a `torch.device` this machine has (None: "cuda" when available, else "cpu"); one sentence for
     an unknown name, a backend this torch build or machine lacks, or an index beyond the devices present."""

@@ -98,6 +98,27 @@ def load_image(source: ImageSource) -> Image.Image:
     return apply_orientation(to_rgb(image), orientation)
 
 
+def image_list(images: object, caller: str) -> list[ImageSource]:
+    """`images` as a non-empty list of image sources: one image (a path, PIL image or numpy array) becomes a
+    list of one; anything else is one sentence naming what `caller` got."""
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        return [images]
+    if isinstance(images, (list, tuple)) and images:
+        return list(images)
+    raise LiteLVLMError(
+        f"{caller} takes an image (a PIL image, a file path or an H x W x 3 uint8 array) or a non-empty list of "
+        f"them, got {describe(images)}."
+    )
+
+
+def describe(value: object) -> str:
+    """A short description of a bad argument for messages (arrays and long values are not printed whole)."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"a {type(value).__name__} of shape {tuple(value.shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
+
+
 def read_image_header(
     path: str | os.PathLike, what: str = "image", fix: str = "pass a JPEG or PNG file"
 ) -> ImageHeader:
@@ -280,18 +301,37 @@ class ClipPreprocess:
         path = Path(directory) / "preprocessor_config.json" if directory is not None else None
         if path is None or not path.is_file():
             return cls(image_size, image_size, image_size)
-        config = json.loads(path.read_text())
-        size = config.get("size", image_size)
-        crop = config.get("crop_size", image_size)
-        shortest = size.get("shortest_edge", image_size) if isinstance(size, dict) else int(size)
-        crop_h, crop_w = (crop["height"], crop["width"]) if isinstance(crop, dict) else (int(crop), int(crop))
-        return cls(
-            shortest,
-            crop_h,
-            crop_w,
-            tuple(config.get("image_mean", OPENAI_CLIP_MEAN)),
-            tuple(config.get("image_std", OPENAI_CLIP_STD)),
-        )
+        fix = f"re-download it, or delete it to use CLIP's defaults at {image_size} px"
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise LiteLVLMError(f"{str(path)!r} is not valid JSON; {fix}.") from None
+        try:
+            size = config.get("size", image_size)
+            crop = config.get("crop_size", image_size)
+            shortest = size.get("shortest_edge", image_size) if isinstance(size, dict) else int(size)
+            crop_h, crop_w = (
+                (crop["height"], crop["width"]) if isinstance(crop, dict) else (int(crop), int(crop))
+            )
+            preprocess = cls(
+                int(shortest),
+                int(crop_h),
+                int(crop_w),
+                tuple(float(v) for v in config.get("image_mean", OPENAI_CLIP_MEAN)),
+                tuple(float(v) for v in config.get("image_std", OPENAI_CLIP_STD)),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise LiteLVLMError(
+                f"{str(path)!r} does not hold CLIP's image sizes and mean/std ({type(error).__name__}: {error}); "
+                f"{fix}."
+            ) from None
+        if min(preprocess.resize_shortest_edge, preprocess.crop_height, preprocess.crop_width) < 1 or (
+            len(preprocess.mean) != 3 or len(preprocess.std) != 3 or not all(preprocess.std)
+        ):
+            raise LiteLVLMError(
+                f"{str(path)!r} holds sizes below 1 px or a mean/std that is not 3 numbers; {fix}."
+            )
+        return preprocess
 
     def geometry(self, width: int, height: int) -> CropGeometry:
         """Where the CLIP crop lies in an image of this size."""

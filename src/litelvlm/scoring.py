@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -34,6 +33,8 @@ from .checkpoints import (
     TEXT,
     check_config_fields,
     check_device,
+    check_dtype,
+    check_path_argument,
     config_value,
     error_with_fix,
     hub_error,
@@ -45,7 +46,7 @@ from .checkpoints import (
 )
 from .errors import LiteLVLMError
 from .hosts.checkpoint_files import Shapes, check_weights, layer_count, tensor_index, weight_files
-from .images import ClipPreprocess, load_image
+from .images import ClipPreprocess, image_list, load_image
 from .patch_scores import cls_attention, context_contribution, text_patch_similarity
 from .selection import TokenScores, get_method
 
@@ -234,7 +235,8 @@ class ClipScorer:
         """
         from transformers import AutoTokenizer, CLIPModel
 
-        device = check_device(device)
+        device, dtype = check_device(device), check_dtype(dtype)
+        check_path_argument(path_or_id, "path_or_id")
         name = resolve_checkpoint(path_or_id, "CLIP checkpoint", CLIP_FLAG)
         is_local = os.path.isdir(name)
         embeddings = "its text embedding matrix"
@@ -275,8 +277,7 @@ class ClipScorer:
     # ------------------------------------------------------------------ vision
     def pixel_values(self, images: Sequence[Image.Image | str | os.PathLike] | Image.Image) -> torch.Tensor:
         """Preprocessed pixels [B, 3, S, S] on the model's device and dtype."""
-        if isinstance(images, (Image.Image, str, os.PathLike, np.ndarray)):
-            images = [images]  # (an array iterated row by row would pass as many gray images)
+        images = image_list(images, "set_image")  # (an array iterated row by row would pass as gray images)
         pixels = self.preprocess([load_image(image) for image in images])
         return pixels.to(device=self.device, dtype=self.dtype)
 

@@ -20,19 +20,34 @@ def add_parser(subparsers) -> None:
     )
     arguments.add_data_arguments(parser)
     parser.add_argument(
-        "--methods", type=arguments.method_list, default=["litelvlm", "topk_similarity", "random"]
+        "--methods",
+        type=arguments.method_list,
+        default=["litelvlm", "topk_similarity", "random"],
+        help="comma-separated before-LLM methods",
     )
-    parser.add_argument("--budgets", type=arguments.budget_list, default=[192, 128, 64])
-    parser.add_argument("--protocol", choices=("glamm", "lisa"), default="glamm")
+    parser.add_argument(
+        "--budgets", type=arguments.budget_list, default=[192, 128, 64], help="comma-separated token budgets"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("glamm", "lisa"),
+        default="glamm",
+        help="which expressions of each image are taken",
+    )
     parser.add_argument(
         "--seed",
         type=arguments.whole_number(0),
         default=0,
         help="seed of the protocol's sampling and of `random`",
     )
-    parser.add_argument("--text-source", choices=("questions", "expressions"), default="questions")
+    parser.add_argument(
+        "--text-source",
+        choices=("questions", "expressions"),
+        default="questions",
+        help="what CLIP scores: the questions asked or the raw expressions",
+    )
     parser.add_argument("--out", required=True, help="directory for analysis.json, analysis.md, analysis.png")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     arguments.add_device_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -72,6 +87,6 @@ def run(args: argparse.Namespace) -> int:
         files, (format_json(payload).encode(), markdown(result).encode(), plot_analysis(result))
     ):
         outputs.stage(path, data)
-    outputs.commit()
+    outputs.commit("analyze")
     print(markdown(result))
     return 0

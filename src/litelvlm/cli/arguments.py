@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..checkpoints import DTYPE_NAMES
 from ..errors import LiteLVLMError
 from ..selection import list_methods
 
@@ -88,9 +89,7 @@ def _first_repeat(values: list):
 
 def add_device_arguments(parser: argparse.ArgumentParser, default_dtype: str = "float32") -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument(
-        "--dtype", default=default_dtype, choices=("float32", "bfloat16", "float16"), help="model dtype"
-    )
+    parser.add_argument("--dtype", default=default_dtype, choices=DTYPE_NAMES, help="model dtype")
 
 
 def resolve_device(name: str | None) -> str:
@@ -101,9 +100,9 @@ def resolve_device(name: str | None) -> str:
 
 
 def resolve_dtype(name: str):
-    import torch
+    from ..checkpoints import check_dtype
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return check_dtype(name)
 
 
 def add_method_arguments(
@@ -230,7 +229,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-root", help="directory holding refcoco/, refcoco+/, refcocog/ and the COCO images"
     )
     source.add_argument("--jsonl", help="a JSONL data set: one referent per line (see docs/evaluation.md)")
-    parser.add_argument("--dataset", choices=("refcoco", "refcoco+", "refcocog"), default="refcoco")
+    parser.add_argument(
+        "--dataset", choices=("refcoco", "refcoco+", "refcocog"), default="refcoco", help="with --data-root"
+    )
     parser.add_argument(
         "--split", default="val", help="val, testA, testB (refcoco, refcoco+); val, test (refcocog)"
     )
@@ -239,7 +240,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="COCO train2014 directory (default: found under --data-root); with --jsonl: the folder its relative "
         "image paths are read from first (then the JSONL file's folder)",
     )
-    parser.add_argument("--limit", type=whole_number(1), help="only the first N images (sorted by image id)")
+    parser.add_argument(
+        "--limit", type=whole_number(1), help="only the first N images, sorted by image id (default: all)"
+    )
 
 
 def load_data(args: argparse.Namespace):

@@ -34,7 +34,9 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--clip", help="CLIP checkpoint for --model (default: the config's vision tower)")
     parser.add_argument(
-        "--llm-layers", type=arguments.whole_number(1), help="scaled run: this many LLM layers (full: 32)"
+        "--llm-layers",
+        type=arguments.whole_number(1),
+        help="scaled run: this many LLM layers (default: the full 32)",
     )
     parser.add_argument(
         "--sam-attention",
@@ -46,16 +48,20 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--sam-layers",
         type=arguments.whole_number(1),
-        help="scaled run: this many SAM encoder blocks (full: 32)",
+        help="scaled run: this many SAM encoder blocks (default: the full 32)",
     )
-    parser.add_argument("--methods", type=arguments.method_list, default=["litelvlm"])
+    parser.add_argument("--methods", type=arguments.method_list, default=["litelvlm"], help="comma-separated")
     parser.add_argument("--budgets", type=arguments.budget_list,
                         help="comma-separated (default: all patches, then 192,128,64)")  # fmt: skip
     parser.add_argument(
         "--budget-mode", choices=("average", "final"), default="average", help="in-LLM methods"
     )
     parser.add_argument("--image", help="image file (default: a synthetic 640 x 480 picture)")
-    parser.add_argument("--text", action="append", help="expression(s) in the conversation (default: one)")
+    parser.add_argument(
+        "--text",
+        action="append",
+        help=f"expression(s) in the conversation, repeatable (default: {DEFAULT_TEXT!r})",
+    )
     parser.add_argument(
         "--runs", type=arguments.whole_number(1), default=3, help="timed runs per configuration (median)"
     )
@@ -68,7 +74,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--json", help="write the report here")
     parser.add_argument("--markdown", help="write the Markdown table here")
     parser.add_argument("--plot", help="write the latency/memory plot (PNG) here")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     arguments.add_device_arguments(parser, default_dtype="bfloat16")
     parser.set_defaults(run=run)
 
@@ -86,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from ..synthetic import random_predictor
     from .outputs import OutputFiles
 
-    outputs = OutputFiles()
+    outputs = OutputFiles(inputs={"--image": args.image})
     json_path = outputs.add(args.json, "--json")
     markdown_path = outputs.add(args.markdown, "--markdown")
     plot_path = outputs.add(args.plot, "--plot", suffixes=(".png",))
@@ -159,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         outputs.stage(markdown_path, text.encode())
     if plot_path:
         outputs.stage(plot_path, plot(report))
-    outputs.commit()
+    outputs.commit("bench")
     return 0
 
 

@@ -58,6 +58,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     arguments.add_device_arguments(parser, default_dtype="bfloat16")
     parser.set_defaults(run=run, dataset=None, split=None, methods=None)
+    for action in parser._actions:  # None marks "not given" for --preset; --help shows the real default
+        if action.dest in ("dataset", "split"):
+            action.help = f"{action.help} (default: {DEFAULTS[action.dest]})"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ every file it would have written exactly as it was, and never dies with a traceb
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -55,9 +56,13 @@ class OutputFiles:
     """The files one command writes. `add` checks a location up front; `stage_*` keeps the bytes in memory;
     `commit` writes every staged file to a temporary beside its target, then renames them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, inputs: dict[str, str | None] | None = None) -> None:
+        """inputs: {flag: path} of the files the command reads, which no output may replace."""
         self._flags: dict[Path, str] = {}
         self._staged: dict[Path, bytes] = {}
+        self._inputs = {
+            Path(path).resolve(): flag for flag, path in (inputs or {}).items() if path is not None
+        }
 
     def add(self, path: str | None, flag: str, *, suffixes: tuple[str, ...] | None = None) -> Path | None:
         """Check an output file location (None: the option was not given). `suffixes`: the accepted file
@@ -66,14 +71,17 @@ class OutputFiles:
             return None
         output = Path(path)
         if output.is_dir() or path.endswith(os.sep):
-            raise LiteLVLMError(
-                f"{flag} {path!r} is a directory; pass a file name such as {path.rstrip('/')}/out"
-            )
+            example = Path(path) / f"{flag.lstrip('-')}{(suffixes or ('.json',))[0]}"
+            raise LiteLVLMError(f"{flag} {path!r} is a directory; pass a file name such as {str(example)!r}.")
         if suffixes is not None and output.suffix.lower() not in suffixes:
             raise LiteLVLMError(
                 f"{flag} {path!r} must end in {', '.join(suffixes)} (the file's format follows its name)."
             )
         key = output.resolve()
+        if key in self._inputs:
+            raise LiteLVLMError(
+                f"{flag} {path!r} would replace the {self._inputs[key]} file the command reads; choose another name."
+            )
         if key in self._flags:
             raise LiteLVLMError(
                 f"{self._flags[key]} and {flag} both name {path!r}; give each output its own file."
@@ -100,8 +108,9 @@ class OutputFiles:
         image.convert("RGB").save(buffer, format=kind, quality=95)
         self.stage(path, buffer.getvalue())
 
-    def commit(self) -> list[Path]:
-        """Write every staged file; if any cannot be written, none is replaced. Returns the paths written."""
+    def commit(self, command: str | None = None) -> list[Path]:
+        """Write every staged file; if any cannot be written, none is replaced. Returns the paths written, and
+        says which on stderr when `command` (e.g. "select") is given."""
         temporaries: list[tuple[Path, Path]] = []
         for path, data in self._staged.items():
             try:
@@ -117,4 +126,7 @@ class OutputFiles:
         for temporary, path in temporaries:
             os.replace(temporary, path)
         self._staged.clear()
-        return [path for _, path in temporaries]
+        written = [path for _, path in temporaries]
+        if command and written:
+            print(f"litelvlm {command}: wrote {', '.join(str(path) for path in written)}", file=sys.stderr)
+        return written

@@ -26,10 +26,14 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.paper import PRESET_FILE, rebuild_preset
     from ..evaluation.paper_table import PLOT, TABLE_JSON, TABLE_MD
     from ..evaluation.rebuild import rebuild_run
+    from .outputs import check_directory_writable
 
     directory = Path(args.run_dir)
+    if directory.exists() and not directory.is_dir():
+        raise LiteLVLMError(f"{args.run_dir!r} is a file; pass the run directory (the --out of an eval run).")
     if not directory.is_dir():
         raise LiteLVLMError(f"run directory {args.run_dir!r} does not exist; pass the --out of an eval run.")
+    check_directory_writable(directory, "RUN_DIR", args.run_dir)  # the reports are rewritten in it
     if (directory / PRESET_FILE).is_file():
         table = rebuild_preset(directory)
         for key in table["splits"]:

@@ -55,7 +55,9 @@ def add_parser(subparsers) -> None:
     arguments.add_positions_argument(parser)
     parser.add_argument("--generate", action="store_true", help="let the model write its answer (greedy)")
     parser.add_argument(
-        "--max-new-tokens", type=arguments.whole_number(1), default=64, help="generation length limit"
+        "--max-new-tokens",
+        type=arguments.whole_number(1),
+        help="with --generate: generation length limit (default: 64)",
     )
     parser.add_argument(
         "--out", required=True, help="mask PNG; with several expressions NAME_0.png, NAME_1.png, ..."
@@ -81,13 +83,17 @@ def run(args: argparse.Namespace) -> int:
     from ..scoring import check_text
     from .outputs import IMAGE_FORMATS, OutputFiles
 
-    outputs = OutputFiles()
+    outputs = OutputFiles(inputs={"--image": args.image})
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise LiteLVLMError(f"--out {args.out!r} must name a .png file (masks are stored losslessly).")
     paths = [outputs.add(str(path), "--out") for path in mask_paths(out, len(args.text))]
     overlay_path = outputs.add(args.overlay, "--overlay", suffixes=tuple(IMAGE_FORMATS))
     json_path = outputs.add(args.json, "--json")
+    if args.max_new_tokens is not None and not args.generate:
+        raise LiteLVLMError(
+            "--max-new-tokens applies to --generate; add --generate or drop --max-new-tokens."
+        )
     expressions = [check_text(text) for text in args.text]
     arguments.check_extra_options(args, [args.method])
     image = load_image(args.image)
@@ -105,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         method=args.method,
         generate_answer=args.generate,
         text_source=args.text_source,
-        max_new_tokens=args.max_new_tokens,
+        **({} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}),
         full_budget=args.full_budget,
         positions=args.positions,
         **options,
@@ -163,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
                 "device": device,
             },
         )
-    outputs.commit()
+    outputs.commit("segment")
     found = sum(record["seg_found"] for record in records)
     print(
         json.dumps(

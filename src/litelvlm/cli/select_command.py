@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..selection import get_method, select_tokens
     from .outputs import IMAGE_FORMATS, OutputFiles
 
-    outputs = OutputFiles()
+    outputs = OutputFiles(inputs={"--image": args.image})
     json_path = outputs.add(args.json, "--json")
     overlay_path = outputs.add(args.overlay, "--overlay", suffixes=tuple(IMAGE_FORMATS))
     expressions = [check_text(text) for text in args.text]
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             title=f"{args.method} @ {min(args.budget, scores.num_patches)}/{scores.num_patches}",
         )
         outputs.stage_image(overlay_path, picture)
-    outputs.commit()
+    outputs.commit("select")
     if json_path is None:
         print(json.dumps(payload))
     return 0

@@ -266,6 +266,10 @@ def _mask_source(base: Path, mask: Any, header: ImageHeader, where: str) -> Mask
                 f"{where}: RLE mask size {size} is not the image's [height, width] = "
                 f"{_size_text(header, '[{1}, {0}]')}; encode the mask at the image's size."
             )
+        try:  # decoded once now, so a bad `counts` is refused before any work, not mid-run
+            decode_segmentation(mask, size[0], size[1])
+        except LiteLVLMError as error:
+            raise LiteLVLMError(f"{where}: {error}") from None
         return MaskSource(mask, displayed)
     raise LiteLVLMError(
         f"{where} has mask {short_repr(mask)}; give a PNG path or a COCO RLE dict with 'size' and 'counts'."

@@ -43,7 +43,13 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
         rles = [_compressed_rle(rle, height, width) for rle in segmentation]
     else:
         rles = mask.frPyObjects(segmentation, height, width)
-    decoded = mask.decode(rles)  # [H, W, number of polygons or RLEs]
+    try:
+        decoded = mask.decode(rles)  # [H, W, number of polygons or RLEs]
+    except ValueError as error:  # pycocotools: "Invalid RLE mask representation"
+        raise LiteLVLMError(
+            f"RLE mask {short_repr(segmentation)} cannot be decoded ({error}); re-encode it with "
+            "pycocotools.mask.encode."
+        ) from None
     # Sum then cast (not `any`): overlapping parts become 2, as in the reference ground truth.
     return np.sum(decoded, axis=2).astype(np.uint8)
 

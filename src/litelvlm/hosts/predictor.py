@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..checkpoints import check_device
+from ..checkpoints import check_device, check_dtype, check_path_argument
 from ..errors import LiteLVLMError
-from ..images import load_image
+from ..images import describe, image_list, load_image
 from ..prompts import TEXT_SOURCES, clip_texts
 from ..scoring import ClipScorer, VisionFeatures, check_text
 from ..selection import (
@@ -41,6 +41,8 @@ from .model import GroundingModel, load_grounding_model
 from .registry import detect_host, local_checkpoint_dir
 from .sam import postprocess_masks, sam_preprocess
 from .tokenizer import LegacyLlamaTokenizer
+
+DEFAULT_MAX_NEW_TOKENS = 64  # generation length limit of predict(generate_answer=True)
 
 
 @dataclass
@@ -149,7 +151,10 @@ class GroundingPredictor:
     ) -> GroundingPredictor:
         """Load a host checkpoint directory (or hub id); the host (GLaMM, LISA) is read from the checkpoint.
         CLIP comes from `clip` (default: the config's vision tower, e.g. openai/clip-vit-large-patch14-336)."""
-        device = check_device(device)  # before any file is read
+        device, dtype = check_device(device), check_dtype(dtype)  # before any file is read
+        check_path_argument(path_or_id, "path_or_id")
+        if clip is not None:
+            check_path_argument(clip, "clip")
         directory = local_checkpoint_dir(path_or_id)
         host, config = detect_host(directory)
         model = load_grounding_model(directory, host, config, dtype=dtype, device=device)
@@ -179,13 +184,7 @@ class GroundingPredictor:
     ) -> None:
         """Run CLIP's vision pass and SAM's image encoder once for one image (or a list) and cache them."""
         timer = timer or StageTimer(self.device)
-        if isinstance(images, (Image.Image, str, os.PathLike, np.ndarray)):
-            images = [images]
-        if not isinstance(images, Sequence) or len(images) == 0:
-            raise LiteLVLMError(
-                f"set_image takes an image (a PIL image, a file path or an H x W x 3 uint8 array) or a non-empty "
-                f"list of them, got {_describe(images)}."
-            )
+        images = image_list(images, "set_image")
         pictures = [load_image(image) for image in images]
         with timer("clip_vision"):
             features = self.scorer.encode_image(self.scorer.preprocess(pictures))
@@ -229,7 +228,7 @@ class GroundingPredictor:
             )
         if not isinstance(expressions, Sequence) or not all(isinstance(e, str) for e in expressions):
             raise LiteLVLMError(
-                f"predict takes a list of expression strings for the set image, got {_describe(expressions)}; "
+                f"predict takes a list of expression strings for the set image, got {describe(expressions)}; "
                 "use predict_batch([[...], [...]]) with one list per image for several images."
             )
         templates = {
@@ -280,7 +279,7 @@ class GroundingPredictor:
         answer_templates: Sequence[Sequence[int]] | None = None,
         turns_per_conversation: int | None = None,
         text_source: str = "questions",
-        max_new_tokens: int = 64,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         decoding: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
         full_budget: str = "identity",
         positions: str = "compact",
@@ -298,7 +297,7 @@ class GroundingPredictor:
             if not group:
                 raise LiteLVLMError("an image has no expressions; pass at least one per image.")
             for expression in group:
-                check_text(expression)
+                self._check_expression(expression)
         entry = get_method(method)
         check_options(entry, method_options)
         check_full_budget(full_budget)
@@ -324,6 +323,10 @@ class GroundingPredictor:
             1 if generate_answer else turns,
             text_source,
         )
+        # The longest sequence the LLM will see: every patch enters for in-LLM methods and keeps its position
+        # with positions="original"; generation adds its answer.
+        visual = num_patches if entry.stage == "llm" or positions == "original" else min(budget, num_patches)
+        self._check_context(conversations, visual, max_new_tokens if generate_answer else 0)
 
         timer = StageTimer(self.device)
         selection, plan = self._select(conversations, entry, budget, full_budget, method_options, timer)
@@ -348,6 +351,34 @@ class GroundingPredictor:
             )
             for image in range(len(per_image))
         ]
+
+    def _check_expression(self, expression: object) -> None:
+        """A referring expression: non-empty UTF-8 text without <image> (check_text) nor the host's special
+        tokens, which would be tokenized as those tokens (an extra [SEG] takes a mask from the wrong place)."""
+        check_text(expression)
+        special = [token for token in self.host.added_tokens if token in expression]
+        if special:
+            raise LiteLVLMError(
+                f"expression {expression!r} contains {self.host.display_name}'s special token {special[0]!r}, "
+                "which the model would read as that token; remove it from the expression."
+            )
+
+    def _check_context(self, conversations: list[_Conversation], visual: int, new_tokens: int) -> None:
+        """Every conversation, with its `visual` tokens and `new_tokens` to generate, fits the LLM's context."""
+        context = self.model.llm.config.max_position_embeddings
+        for conversation in conversations:
+            prompt = len(conversation.ids) - 1 + visual  # the image placeholder becomes `visual` tokens
+            if prompt + new_tokens > context:
+                problem = (
+                    f"the conversation of {conversation.expressions[0][:60]!r}"
+                    f"{' and others' if len(conversation.expressions) > 1 else ''} is {prompt} tokens with the "
+                    f"image's {visual}{f' plus {new_tokens} to generate' if new_tokens else ''}, above "
+                    f"{self.host.display_name}'s context of {context}; shorten the expression"
+                )
+                raise LiteLVLMError(
+                    f"{problem}{' or lower max_new_tokens' if new_tokens else ''}.",
+                    cli_message=f"{problem}{' or lower --max-new-tokens' if new_tokens else ''}.",
+                )
 
     def _turns_per_conversation(self, turns: int | None) -> int:
         limit = self.host.max_turns
@@ -526,11 +557,3 @@ def _templates(templates, per_image: list[list[str]], default: int, name: str) -
                 "expression."
             )
     return lists
-
-
-def _describe(value: object) -> str:
-    """A short description of a bad argument for messages (arrays and long lists are not printed whole)."""
-    if isinstance(value, np.ndarray | torch.Tensor):
-        return f"a {type(value).__name__} of shape {tuple(value.shape)}"
-    text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"

@@ -190,7 +190,7 @@ FULL_BUDGET_MODES = ("identity", "method")
 def check_full_budget(full_budget: object) -> str:
     if full_budget not in FULL_BUDGET_MODES:
         raise LiteLVLMError(
-            f"full_budget must be one of {', '.join(FULL_BUDGET_MODES)}, got {full_budget!r}."
+            f"full_budget must be one of {', '.join(FULL_BUDGET_MODES)}, got {full_budget!r}; pass one of those."
         )
     return full_budget
 
@@ -254,6 +254,11 @@ def select_tokens(
     LiteLVLM's paper order is the authors' behaviour: all patches, permuted.
     """
     entry = get_method(method)
+    if not isinstance(scores, TokenScores):
+        raise LiteLVLMError(
+            f"select_tokens takes the TokenScores of ClipScorer.score (or one built by hand), got "
+            f"{type(scores).__name__}; pass scorer.score(texts)."
+        )
     budget = check_budget(budget)
     check_full_budget(full_budget)
     check_options(entry, options)

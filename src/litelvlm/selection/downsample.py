@@ -32,7 +32,7 @@ def token_grid(
     (192 -> 14 x 14 = 196 tokens).
     """
     if grid not in GRIDS:
-        raise LiteLVLMError(f"grid must be one of {', '.join(GRIDS)}, got {grid!r}.")
+        raise LiteLVLMError(f"grid must be one of {', '.join(GRIDS)}, got {grid!r}; pass one of those.")
     if patch_grid is not None and budget >= patch_grid[0] * patch_grid[1]:
         return patch_grid
     if grid == "square":

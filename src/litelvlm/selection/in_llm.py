@@ -56,7 +56,9 @@ def scaled_layer(reference_layer: int, num_layers: int) -> int:
 
 def _check_mode(budget_mode: str) -> None:
     if budget_mode not in BUDGET_MODES:
-        raise LiteLVLMError(f"budget_mode must be one of {', '.join(BUDGET_MODES)}, got {budget_mode!r}.")
+        raise LiteLVLMError(
+            f"budget_mode must be one of {', '.join(BUDGET_MODES)}, got {budget_mode!r}; pass one of those."
+        )
 
 
 def _average(layers: list[int], keeps: list[int], num_layers: int, num_visual: int) -> float:
@@ -107,7 +109,7 @@ def fastv_plan(
     layer = min(layer, num_layers - 1)  # depth-scaled models (benchmarks) may have fewer layers than K
     if ratio is not None:
         if not 0.0 <= ratio <= 1.0:
-            raise LiteLVLMError(f"fastv ratio must lie in [0, 1], got {ratio}.")
+            raise LiteLVLMError(f"fastv ratio must lie in [0, 1], got {ratio}; pass a value in [0, 1].")
         keep = round(num_visual * (1 - ratio))
     elif budget_mode == "final":
         keep = budget
@@ -155,7 +157,7 @@ def pdrop_plan(
     if ratio is None:  # budget_mode "final": the deepest stage keeps the budget (all of it: no pruning)
         ratio = (min(budget, num_visual) / num_visual) ** (1 / len(stages))
     if not 0.0 <= ratio <= 1.0:
-        raise LiteLVLMError(f"pdrop ratio must lie in [0, 1], got {ratio}.")
+        raise LiteLVLMError(f"pdrop ratio must lie in [0, 1], got {ratio}; pass a value in [0, 1].")
     keeps = [max(1, round(num_visual * ratio ** (i + 1))) for i in range(len(stages))]
     steps = tuple(PruneStep(layer, keep) for layer, keep in zip(stages, keeps) if keep < num_visual)
     return PruningPlan("pdrop", steps)
@@ -177,7 +179,9 @@ def sparsevlm_plan(
     Budgets 192/128/64 (average, 32 layers, 576 tokens) use the published schedules; others are fitted."""
     _check_mode(budget_mode)
     if not 0.0 <= recycle_ratio < 1.0:
-        raise LiteLVLMError(f"sparsevlm recycle_ratio must lie in [0, 1), got {recycle_ratio}.")
+        raise LiteLVLMError(
+            f"sparsevlm recycle_ratio must lie in [0, 1), got {recycle_ratio}; pass a value in [0, 1)."
+        )
     # Shallow models can map two published layers onto one; each layer prunes once.
     stages = sorted({scaled_layer(layer, num_layers) for layer in SPARSEVLM_LAYERS})
     published = SPARSEVLM_SCHEDULES.get(budget)

@@ -51,9 +51,11 @@ def litelvlm_select(
         1.0 reproduces the authors (k = budget // T), 0.0 keeps context tokens only.
     """
     if order not in ORDERS:
-        raise LiteLVLMError(f"order must be one of {', '.join(ORDERS)}, got {order!r}.")
+        raise LiteLVLMError(f"order must be one of {', '.join(ORDERS)}, got {order!r}; pass one of those.")
     if not 0.0 <= low_similarity_share <= 1.0:
-        raise LiteLVLMError(f"low_similarity_share must lie in [0, 1], got {low_similarity_share!r}.")
+        raise LiteLVLMError(
+            f"low_similarity_share must lie in [0, 1], got {low_similarity_share!r}; pass a value in [0, 1]."
+        )
     similarity, context = scores.similarity, scores.context
     batch, num_texts, num_patches = similarity.shape
     device = similarity.device

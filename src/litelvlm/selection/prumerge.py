@@ -93,7 +93,9 @@ def _merged_selection(
 
 def _check(order: str, count_extra: bool) -> None:
     if order not in MERGE_ORDERS:
-        raise LiteLVLMError(f"order must be one of {', '.join(MERGE_ORDERS)} for PruMerge, got {order!r}.")
+        raise LiteLVLMError(
+            f"order must be one of {', '.join(MERGE_ORDERS)} for PruMerge, got {order!r}; pass one of those."
+        )
     if not isinstance(count_extra, bool):
         raise LiteLVLMError(f"count_extra must be true or false, got {count_extra!r}.")
 

@@ -71,9 +71,13 @@ def trim_select(
     their union, topped up from the averaged ranking (LiteLVLM's per-text split). With one text both are TRIM.
     """
     if polarity not in POLARITIES:
-        raise LiteLVLMError(f"trim polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}.")
+        raise LiteLVLMError(
+            f"trim polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}; pass one of those."
+        )
     if text_mode not in TEXT_MODES:
-        raise LiteLVLMError(f"trim text_mode must be one of {', '.join(TEXT_MODES)}, got {text_mode!r}.")
+        raise LiteLVLMError(
+            f"trim text_mode must be one of {', '.join(TEXT_MODES)}, got {text_mode!r}; pass one of those."
+        )
     if not isinstance(count_extra, bool):
         raise LiteLVLMError(f"count_extra must be true or false, got {count_extra!r}.")
     count = budget - 1 if count_extra else budget

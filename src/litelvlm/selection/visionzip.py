@@ -33,7 +33,9 @@ def visionzip_select(scores: TokenScores, budget: int, *, contextual: int | None
         visionzip_split(budget) if contextual is None else (budget - contextual, contextual)
     )
     if not 0 <= contextual < budget:
-        raise LiteLVLMError(f"visionzip contextual tokens must lie in [0, {budget - 1}], got {contextual}.")
+        raise LiteLVLMError(
+            f"visionzip contextual tokens must lie in [0, {budget - 1}], got {contextual}; pass a value in [0, {budget - 1}]."
+        )
     features, keys = scores.features, scores.keys
     batch, num_patches, _ = features.shape
     device = features.device

@@ -49,7 +49,9 @@ def vispruner_select(
     if isinstance(important_ratio, bool) or not isinstance(important_ratio, (int, float)):
         raise LiteLVLMError(f"vispruner important_ratio must be a number in [0, 1], got {important_ratio!r}.")
     if not 0.0 <= important_ratio <= 1.0:
-        raise LiteLVLMError(f"vispruner important_ratio must lie in [0, 1], got {important_ratio!r}.")
+        raise LiteLVLMError(
+            f"vispruner important_ratio must lie in [0, 1], got {important_ratio!r}; pass a value in [0, 1]."
+        )
     important = math.floor(budget * important_ratio)
     diverse = budget - important
     order = scores.cls_attention.argsort(dim=1, descending=True, stable=True)
