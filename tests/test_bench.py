@@ -38,6 +38,9 @@ def test_bench_writes_report_table_and_plot(tiny_glamm_dir, tmp_path, capsys):
     assert rows[("litelvlm", 64)]["flops"]["llm"] < rows[("litelvlm", 576)]["flops"]["llm"]
     assert rows[("fastv", 64)]["average_visual_tokens"] == (2 * 576 + 2 * 64) / 4
     assert report["throughput"]["expressions"] == 2 and report["throughput"]["cached_over_recompute"] > 0
+    assert (
+        report["throughput"]["shared_prefix_tokens"] > 0 and report["throughput"]["llm_s_per_expr_shared"] > 0
+    )
     assert report["config"]["command"].startswith("litelvlm bench --model")
     assert "| litelvlm | 64 |" in (tmp_path / "b.md").read_text() and (tmp_path / "b.png").stat().st_size > 0
 

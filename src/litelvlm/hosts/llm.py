@@ -125,6 +125,47 @@ def final_hidden_states(decoder: torch.nn.Module, batch: SplicedBatch) -> torch.
     return output.last_hidden_state
 
 
+def shared_prefix_length(batch: SplicedBatch, needed: Sequence[Sequence[int]]) -> int:
+    """How many leading positions every sequence of the batch holds identically (same input embedding, same
+    RoPE position), stopping before the first position whose output is `needed` (per sequence) and before each
+    sequence's last token. 0 for a batch of one: nothing to share."""
+    if batch.embeds.shape[0] < 2:
+        return 0
+    limit = min(min(batch.lengths) - 1, *(min(where) for where in needed if where))
+    same = (batch.embeds[1:, :limit] == batch.embeds[:1, :limit]).all(dim=2).all(dim=0)
+    same &= (batch.position_ids[1:, :limit] == batch.position_ids[:1, :limit]).all(dim=0)
+    differing = (~same).nonzero()
+    return int(differing[0]) if len(differing) else max(limit, 0)
+
+
+@torch.inference_mode()
+def final_hidden_states_shared(decoder: torch.nn.Module, batch: SplicedBatch, prefix: int) -> torch.Tensor:
+    """`final_hidden_states` with the first `prefix` positions (identical in every sequence, see
+    `shared_prefix_length`) run once: their keys and values are computed for one sequence and repeated for all,
+    and only the rest of each sequence runs batched. Causal attention makes this exact up to float rounding.
+    Returns [B, L, H] like `final_hidden_states`."""
+    if prefix < 1:
+        return final_hidden_states(decoder, batch)
+    batch_size = batch.embeds.shape[0]
+    shared = decoder(
+        inputs_embeds=batch.embeds[:1, :prefix],
+        attention_mask=batch.attention_mask[:1, :prefix],
+        position_ids=batch.position_ids[:1, :prefix],
+        use_cache=True,
+    )
+    cache = _output_cache(shared)
+    cache.batch_repeat_interleave(batch_size)
+    rest = decoder(
+        inputs_embeds=batch.embeds[:, prefix:],
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids[:, prefix:],
+        use_cache=True,
+        **{_cache_argument(decoder): cache},
+    )
+    head = shared.last_hidden_state.expand(batch_size, -1, -1)
+    return torch.cat([head, rest.last_hidden_state], dim=1)
+
+
 def gather_positions(hidden: torch.Tensor, positions: Sequence[Sequence[int]]) -> torch.Tensor:
     """Rows of hidden [B, L, H] at each sequence's positions, concatenated in order: [sum(len), H]."""
     pieces = [hidden[row, list(where)] for row, where in enumerate(positions) if where]

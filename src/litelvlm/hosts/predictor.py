@@ -35,7 +35,14 @@ from ..selection import (
 )
 from ..timing import StageTimer
 from .conversation import Turn, build_turns, render_conversation
-from .llm import POSITIONS, final_hidden_states, gather_positions, generate, splice_visual_tokens
+from .llm import (
+    POSITIONS,
+    final_hidden_states_shared,
+    gather_positions,
+    generate,
+    shared_prefix_length,
+    splice_visual_tokens,
+)
 from .llm_pruning import pruning
 from .model import GroundingModel, load_grounding_model
 from .registry import detect_host, local_checkpoint_dir
@@ -122,6 +129,9 @@ class GroundingPredictor:
         self.tokenizer = tokenizer
         self.scorer = scorer
         self._images: ImageState | None = None
+        self.last_shared_prefix = (
+            0  # positions the last teacher-forced run computed once for all conversations
+        )
         self.image_timings: dict[str, float] = {}  # stage seconds of the last set_image
         host, clip = self.host, scorer.vision.config
         fix = f"pass the CLIP checkpoint it was trained with ({host.default_vision_tower})"
@@ -220,7 +230,11 @@ class GroundingPredictor:
         replaces greedy argmax. `full_budget`: "identity" (budget >= patches: no selection at all) or "method".
         `positions`: RoPE positions of the kept visual tokens, "compact" (consecutive, the authors' code) or
         "original" (each at its patch index among all patches; the text after the image as if none were
-        pruned). Further keyword options go to the selection method (e.g. order="raster", seed=1).
+        pruned). `share_prefix=True` (teacher-forced, before-LLM methods): the leading tokens every conversation
+        of the batch holds identically (the system prompt; for text-independent methods through the image) run
+        once, their keys and values shared, the rest batched; equal to the unshared run up to float rounding
+        (off by default, so default results stay bit-identical). Further keyword options go to the selection
+        method (e.g. order="raster", seed=1).
         """
         if isinstance(expressions, str):
             raise LiteLVLMError(
@@ -283,6 +297,7 @@ class GroundingPredictor:
         decoding: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
         full_budget: str = "identity",
         positions: str = "compact",
+        share_prefix: bool = False,
         **method_options,
     ) -> list[Prediction]:
         images = self._images
@@ -307,6 +322,8 @@ class GroundingPredictor:
             raise LiteLVLMError(f"text_source must be one of {', '.join(TEXT_SOURCES)}, got {text_source!r}.")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise LiteLVLMError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}.")
+        if not isinstance(share_prefix, bool):
+            raise LiteLVLMError(f"share_prefix must be True or False, got {share_prefix!r}.")
         if not isinstance(generate_answer, bool):
             raise LiteLVLMError(f"generate_answer must be True or False, got {generate_answer!r}.")
         if decoding is not None and not callable(decoding):
@@ -331,7 +348,15 @@ class GroundingPredictor:
         timer = StageTimer(self.device)
         selection, plan = self._select(conversations, entry, budget, full_budget, method_options, timer)
         results = self._run(
-            conversations, selection, plan, generate_answer, max_new_tokens, decoding, positions, timer
+            conversations,
+            selection,
+            plan,
+            generate_answer,
+            max_new_tokens,
+            decoding,
+            positions,
+            timer,
+            share_prefix,
         )
         num_layers = self.model.llm.config.num_hidden_layers
         if plan is not None:
@@ -443,6 +468,7 @@ class GroundingPredictor:
         decoding,
         positions,
         timer,
+        share_prefix: bool = False,
     ) -> list[ExpressionResult]:
         model, tokenizer, images = self.model, self.tokenizer, self._images
         with timer("projector"):
@@ -472,8 +498,10 @@ class GroundingPredictor:
                 # one expression per conversation: its mask comes from the first generated [SEG]
                 seg_hidden = [watched[:1] for watched in output.watched_hidden]
             else:
-                hidden = final_hidden_states(model.llm.model, batch)
                 positions = batch.positions_before(tokenizer.seg_id)
+                prefix = shared_prefix_length(batch, positions) if share_prefix and state is None else 0
+                hidden = final_hidden_states_shared(model.llm.model, batch, prefix)
+                self.last_shared_prefix = prefix
                 for conversation, where in zip(conversations, positions):
                     if len(where) != len(conversation.expressions):
                         raise LiteLVLMError(

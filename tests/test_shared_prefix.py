@@ -1,0 +1,88 @@
+"""share_prefix: the leading tokens every conversation of a batch holds identically run once. The results must
+equal the unshared run (fp32 to 1e-5) for every kind of method, both RoPE layouts and both hosts; what is shared
+must be what is identical (through the image for text-independent methods, up to it otherwise, nothing for
+in-LLM methods)."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import capture_seg_states, random_image
+
+EXPRESSIONS = ["the man in red", "a white car on the left", "the dog", "the second tree from the right"]
+
+
+def run(predictor, shared, **options):
+    """(prediction, [SEG] states [n, H]) of four one-turn conversations about the set image."""
+    prediction, seg, _ = capture_seg_states(
+        predictor, EXPRESSIONS, turns_per_conversation=1, share_prefix=shared, **options
+    )
+    return prediction, seg.clone(), predictor.last_shared_prefix
+
+
+def image_start(predictor) -> int:
+    """Where the visual tokens begin in the host's conversations (the shared text before the image)."""
+    ids = predictor.conversation_ids(["x"])
+    return ids.index(-200)
+
+
+@pytest.mark.parametrize(
+    "method, positions, through_image",
+    [
+        ("cls_attention", "compact", True),  # text-independent: identical through the image
+        ("uniform", "original", True),
+        ("visionzip", "compact", True),
+        ("downsample", "compact", True),
+        ("litelvlm", "compact", False),  # text-guided: each conversation keeps its own tokens
+        ("litelvlm", "original", False),
+        ("trim", "compact", False),
+        ("random", "compact", False),  # each conversation (row) draws its own subset
+    ],
+)
+def test_shared_equals_unshared(predictor, method, positions, through_image):
+    predictor.set_image(random_image(41))
+    plain, plain_seg, none = run(predictor, False, budget=64, method=method, positions=positions)
+    shared, shared_seg, prefix = run(predictor, True, budget=64, method=method, positions=positions)
+    assert none == 0
+    start = image_start(predictor)
+    assert (prefix >= start + 64) if through_image else (0 < prefix <= start), (prefix, start)
+    torch.testing.assert_close(shared_seg, plain_seg, atol=1e-5, rtol=1e-5)
+    for a, b in zip(plain.results, shared.results):
+        assert np.array_equal(a.mask, b.mask) and a.indices == b.indices
+
+
+@pytest.mark.parametrize("method", ["fastv", "sparsevlm"])
+def test_in_llm_methods_share_nothing(predictor, method):
+    predictor.set_image(random_image(42))
+    plain, plain_seg, _ = run(predictor, False, budget=64, method=method, budget_mode="final")
+    shared, shared_seg, prefix = run(predictor, True, budget=64, method=method, budget_mode="final")
+    assert prefix == 0  # their drop layers rank by each conversation's own last token: nothing is identical
+    assert torch.equal(shared_seg, plain_seg)
+
+
+def test_several_images_share_the_text_before_the_image(predictor):
+    predictor.set_image([random_image(43), random_image(44, 352, 224)])
+    groups = [EXPRESSIONS[:2], EXPRESSIONS[2:]]
+    plain = predictor.predict_batch(groups, budget=64, method="random", turns_per_conversation=1)
+    shared = predictor.predict_batch(
+        groups, budget=64, method="random", turns_per_conversation=1, share_prefix=True
+    )
+    assert 0 < predictor.last_shared_prefix <= image_start(predictor)  # the two images' tokens differ
+    for p, s in zip(plain, shared):
+        assert all(np.array_equal(a.mask, b.mask) for a, b in zip(p.results, s.results))
+
+
+def test_lisa_shares_through_the_image(lisa_predictor):
+    lisa_predictor.set_image(random_image(45))
+    plain, plain_seg, _ = run(lisa_predictor, False, budget=32, method="uniform")
+    shared, shared_seg, prefix = run(lisa_predictor, True, budget=32, method="uniform")
+    assert prefix > image_start(lisa_predictor) + 32
+    torch.testing.assert_close(shared_seg, plain_seg, atol=1e-5, rtol=1e-5)
+
+
+def test_share_prefix_must_be_a_bool(predictor):
+    from litelvlm.errors import LiteLVLMError
+
+    predictor.set_image(random_image(46))
+    with pytest.raises(LiteLVLMError, match="share_prefix must be True or False"):
+        predictor.predict(["a"], share_prefix="yes")
