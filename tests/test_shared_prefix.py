@@ -86,3 +86,26 @@ def test_share_prefix_must_be_a_bool(predictor):
     predictor.set_image(random_image(46))
     with pytest.raises(LiteLVLMError, match="share_prefix must be True or False"):
         predictor.predict(["a"], share_prefix="yes")
+
+
+def test_eval_with_share_prefix_records_the_same_masks(tiny_glamm_dir, tmp_path):
+    import json
+
+    from litelvlm.cli import main
+    from litelvlm.testing import make_tiny_refcoco
+
+    data = make_tiny_refcoco(tmp_path / "refer", dataset="refcoco", num_images=6, seed=0)
+    records = {}
+    for shared in (False, True):
+        out = tmp_path / f"run-{shared}"
+        args = ["eval", "--model", str(tiny_glamm_dir), "--data-root", str(data), "--out", str(out), "--protocol",
+                "lisa", "--methods", "uniform,litelvlm", "--budgets", "64", "--limit", "2", "--dtype", "float32",
+                "--no-progress"] + (["--share-prefix"] if shared else [])  # fmt: skip
+        assert main(args) == 0
+        lines = (out / "records.jsonl").read_text().splitlines()
+        records[shared] = [
+            (r["sentence"], r["method"], r["intersection"], r["union"]) for r in map(json.loads, lines)
+        ]
+        options = json.loads((out / "run.json").read_text())["options"]
+        assert options.get("share_prefix", False) == shared  # part of the run's identity only when on
+    assert records[True] == records[False] and len(records[True]) > 2

@@ -159,6 +159,12 @@ def add_positions_argument(parser: argparse.ArgumentParser) -> None:
         help="RoPE positions of kept visual tokens: consecutive (compact, the authors' code) or each token's "
         "position among all patches (original)",
     )
+    parser.add_argument(
+        "--share-prefix",
+        action="store_true",
+        help="run the tokens every conversation of a batch shares (system prompt; for text-independent methods "
+        "through the image) once: faster, equal up to float rounding (teacher-forced, before-LLM methods)",
+    )
 
 
 def method_option(text: str) -> tuple[str, object]:

@@ -224,5 +224,6 @@ def _shared_config(args: argparse.Namespace, data: str, protocol: str) -> dict:
             "budget_mode": args.budget_mode,
             "positions": args.positions,
             "extra": dict(args.option),
+            **({"share_prefix": True} if args.share_prefix else {}),  # absent when off: older runs resume
         },
     }

@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         **({} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}),
         full_budget=args.full_budget,
         positions=args.positions,
+        share_prefix=args.share_prefix,
         **options,
     )
     records = []

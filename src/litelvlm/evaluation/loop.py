@@ -235,6 +235,7 @@ def _predict(predictor, plan, method: str, budget: int, image_id, config: dict, 
         turns_per_conversation=plan.turns_per_conversation,
         text_source=config.get("text_source", "questions"),
         positions=config.get("options", {}).get("positions", "compact"),
+        share_prefix=config.get("options", {}).get("share_prefix", False),
         **_options_for(method, image_id, config["seed"], method_options),
     )
 
