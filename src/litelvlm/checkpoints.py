@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LiteLVLMError
+from .errors import LiteLVLMError, shown
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_PROBE_TIMEOUT = 3.0  # seconds to wait for the hub's endpoint before calling it unreachable
@@ -226,12 +226,6 @@ def size_mismatch(where: str, field: str, stated: object, actual: int, evidence:
         f"{where} has {field} = {stated} but {evidence}; set {field} to {actual} (or use the config.json that "
         "came with these weights)."
     )
-
-
-def shown(value: object, limit: int = 60) -> str:
-    """repr(value), cut to `limit` characters, to quote a bad value inside a sentence."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------- dtypes, devices

@@ -13,3 +13,9 @@ class LiteLVLMError(ValueError):
     def __init__(self, message: str, *, cli_message: str | None = None) -> None:
         super().__init__(message)
         self.cli_message = cli_message or message
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters, to quote a bad value inside a sentence."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -64,18 +64,10 @@ def format_json(payload: dict) -> str:
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
-def write_json(path: str | os.PathLike, payload: dict) -> None:
-    write_atomic(path, format_json(payload).encode())
-
-
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def save_png(path: str | os.PathLike, image: Image.Image) -> None:
-    write_atomic(path, png_bytes(image))
 
 
 def figure_png(figure) -> bytes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..evaluation.protocols import PROTOCOLS
+from ..prompts import TEXT_SOURCES
 from . import arguments
 
 
@@ -30,7 +32,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--protocol",
-        choices=("glamm", "lisa"),
+        choices=PROTOCOLS,
         default="glamm",
         help="which expressions of each image are taken",
     )
@@ -42,7 +44,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--text-source",
-        choices=("questions", "expressions"),
+        choices=TEXT_SOURCES,
         default="questions",
         help="what CLIP scores: the questions asked or the raw expressions",
     )

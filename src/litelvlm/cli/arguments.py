@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..checkpoints import DTYPE_NAMES
 from ..errors import LiteLVLMError
+from ..prompts import TEXT_SOURCES
 from ..selection import list_methods
 
 
@@ -123,7 +124,7 @@ def add_method_arguments(
     )
     parser.add_argument(
         "--text-source",
-        choices=("questions", "expressions"),
+        choices=TEXT_SOURCES,
         default="questions",
         help="what CLIP scores: the questions asked ('Please segment X in this image.', the authors' current "
         "code) or the raw expressions",

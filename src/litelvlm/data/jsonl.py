@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LiteLVLMError
+from ..errors import LiteLVLMError, shown
 from ..images import ImageHeader, check_image_size, orient_mask, read_image_header
-from .masks import MASK_FIX, decode_segmentation, encode_mask, read_mask_image, short_repr
+from .masks import MASK_FIX, decode_segmentation, encode_mask, read_mask_image
 from .types import ImageEntry, Referent, ReferringDataset
 
 
@@ -172,7 +172,7 @@ def _parse(line: str, where: str) -> dict:
             )
     if not isinstance(record["image"], str) or not record["image"].strip():
         raise LiteLVLMError(
-            f"{where} has 'image' {short_repr(record['image'])}; give the image's path as a string."
+            f"{where} has 'image' {shown(record['image'])}; give the image's path as a string."
         )
     return record
 
@@ -180,7 +180,7 @@ def _parse(line: str, where: str) -> dict:
 def _identifier(record: dict, key: str, default: int | str, where: str) -> int | str:
     value = record.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise LiteLVLMError(f"{where} has {key} {short_repr(value)}; use an integer or a string.")
+        raise LiteLVLMError(f"{where} has {key} {shown(value)}; use an integer or a string.")
     return value
 
 
@@ -196,7 +196,7 @@ def _expressions(record: dict, where: str) -> tuple[str, ...]:
         or not all(isinstance(text, str) and text.strip() for text in value)
     ):
         raise LiteLVLMError(
-            f"{where} has expressions {short_repr(value)}; give a non-empty list of non-empty strings."
+            f"{where} has expressions {shown(value)}; give a non-empty list of non-empty strings."
         )
     return tuple(value)
 
@@ -258,7 +258,7 @@ def _mask_source(base: Path, mask: Any, header: ImageHeader, where: str) -> Mask
         size = mask["size"]
         if not (isinstance(size, list) and len(size) == 2 and all(_is_count(side) for side in size)):
             raise LiteLVLMError(
-                f"{where}: RLE mask size {short_repr(size)} is not [height, width]; write the mask as COCO RLE."
+                f"{where}: RLE mask size {shown(size)} is not [height, width]; write the mask as COCO RLE."
             )
         displayed = _is_displayed((size[1], size[0]), header)
         if displayed is None:
@@ -272,7 +272,7 @@ def _mask_source(base: Path, mask: Any, header: ImageHeader, where: str) -> Mask
             raise LiteLVLMError(f"{where}: {error}") from None
         return MaskSource(mask, displayed)
     raise LiteLVLMError(
-        f"{where} has mask {short_repr(mask)}; give a PNG path or a COCO RLE dict with 'size' and 'counts'."
+        f"{where} has mask {shown(mask)}; give a PNG path or a COCO RLE dict with 'size' and 'counts'."
     )
 
 

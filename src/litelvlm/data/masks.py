@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LiteLVLMError
+from ..errors import LiteLVLMError, shown
 from ..images import open_image
 
 MASK_FIX = "save the mask as a PNG"  # what to do about a mask file PIL cannot read
@@ -47,7 +47,7 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
         decoded = mask.decode(rles)  # [H, W, number of polygons or RLEs]
     except ValueError as error:  # pycocotools: "Invalid RLE mask representation"
         raise LiteLVLMError(
-            f"RLE mask {short_repr(segmentation)} cannot be decoded ({error}); re-encode it with "
+            f"RLE mask {shown(segmentation)} cannot be decoded ({error}); re-encode it with "
             "pycocotools.mask.encode."
         ) from None
     # Sum then cast (not `any`): overlapping parts become 2, as in the reference ground truth.
@@ -57,7 +57,7 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
 def _compressed_rle(rle: dict, height: int, width: int) -> dict:
     """One RLE dict with bytes `counts` (what `pycocotools.mask.decode` accepts on every version)."""
     if "counts" not in rle or "size" not in rle:
-        raise LiteLVLMError(f"RLE mask {short_repr(rle)} needs 'counts' and 'size'; write it as COCO RLE.")
+        raise LiteLVLMError(f"RLE mask {shown(rle)} needs 'counts' and 'size'; write it as COCO RLE.")
     if [int(v) for v in rle["size"]] != [height, width]:
         raise LiteLVLMError(
             f"RLE mask has size {list(rle['size'])} but its image is {height} x {width} (height x width); "
@@ -91,9 +91,3 @@ def read_mask_image(path: str | os.PathLike) -> np.ndarray:
     else:
         array = np.asarray(image)
     return (array != 0).astype(np.uint8)
-
-
-def short_repr(value: Any, limit: int = 60) -> str:
-    """`repr(value)`, cut to `limit` characters, for naming a bad value in a one-sentence error."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

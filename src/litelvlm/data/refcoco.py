@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import LiteLVLMError
+from ..errors import LiteLVLMError, shown
 from ..images import orient_mask
-from .masks import decode_segmentation, short_repr
+from .masks import decode_segmentation
 from .types import ImageEntry, Referent, ReferringDataset
 
 REFCOCO_SPLITS: dict[str, tuple[str, ...]] = {
@@ -165,7 +165,7 @@ def _split_refs(path: Path, split: str) -> list[dict]:
         where = f"the ref at index {index} of refs file {str(path)!r}"
         if not isinstance(ref, dict) or not isinstance(ref.get("split"), str):
             raise LiteLVLMError(
-                f"{where} is {short_repr(ref)}, not a REFER ref with a 'split'; re-download the refs file."
+                f"{where} is {shown(ref)}, not a REFER ref with a 'split'; re-download the refs file."
             )
         if split_matches(split, ref["split"]):
             _check_ref(ref, where)
@@ -204,7 +204,7 @@ def _check_ref(ref: dict, where: str) -> None:
     for key in ("ref_id", "image_id", "ann_id"):
         if not _is_integer(ref[key]):
             raise LiteLVLMError(
-                f"{where} has {key} {short_repr(ref[key])}, not an integer; re-download the refs file."
+                f"{where} has {key} {shown(ref[key])}, not an integer; re-download the refs file."
             )
     sentences = ref["sentences"]
     if (
@@ -215,7 +215,7 @@ def _check_ref(ref: dict, where: str) -> None:
         )
     ):
         raise LiteLVLMError(
-            f"{where} (ref_id {ref['ref_id']}) has sentences {short_repr(sentences)}, not a non-empty list of "
+            f"{where} (ref_id {ref['ref_id']}) has sentences {shown(sentences)}, not a non-empty list of "
             "{'sent': text} entries; re-download the refs file."
         )
 
@@ -251,7 +251,7 @@ def _read_instances(path: Path, refs: list[dict]) -> tuple[dict[int, dict], dict
         for key in ("width", "height"):
             if not _is_integer(record.get(key)) or record[key] < 1:
                 raise LiteLVLMError(
-                    f"image {image_id} in instances file {str(path)!r} has {key} {short_repr(record.get(key))}, not a "
+                    f"image {image_id} in instances file {str(path)!r} has {key} {shown(record.get(key))}, not a "
                     "positive integer; use the COCO instances.json shipped with the refs."
                 )
     for ann_id, record in annotations.items():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..io import save_png, write_atomic
+from ..io import figure_png, write_atomic
 from .paper import split_title
 from .published import FULL, PublishedTable, load_paper_table
 
@@ -157,10 +157,7 @@ def plot(table: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import io
-
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     full = table["rows"][0]
     figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -188,10 +185,7 @@ def plot(table: dict, path: Path) -> None:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(figure)
-    save_png(path, Image.open(buffer).convert("RGB"))
+    write_atomic(path, figure_png(figure))
 
 
 def write_paper_reports(directory: Path, record: dict, payloads: dict[str, dict]) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from ..io import format_json, save_png, write_atomic
+from ..io import figure_png, format_json, write_atomic
 from .metrics import summarize
 
 
@@ -48,10 +48,7 @@ def plot_budget_vs_ciou(rows: list[dict], methods: list[str], path: Path, title:
     import matplotlib
 
     matplotlib.use("Agg")
-    import io
-
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
     for method in methods:
@@ -69,10 +66,7 @@ def plot_budget_vs_ciou(rows: list[dict], methods: list[str], path: Path, title:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(figure)
-    save_png(path, Image.open(buffer).convert("RGB"))
+    write_atomic(path, figure_png(figure))
 
 
 def write_reports(directory: Path, records: list[dict], config: dict) -> dict:

@@ -89,6 +89,7 @@ def load_grounding_model(
     *,
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
+    tokenizer: LegacyLlamaTokenizer | None = None,
 ) -> GroundingModel:
     """Build the host's model empty, then stream the checkpoint in shard by shard (cast to `dtype` on `device`).
 
@@ -112,9 +113,10 @@ def load_grounding_model(
         )
     check_sizes(host, config, found, where)
     rows = found[EMBEDDINGS_KEY][0][0]
-    tokenizer = LegacyLlamaTokenizer.from_pretrained(
-        directory, required_tokens=host.added_tokens, host_name=host.display_name
-    )
+    if tokenizer is None:  # (the predictor passes the one it uses, read once)
+        tokenizer = LegacyLlamaTokenizer.from_pretrained(
+            directory, required_tokens=host.added_tokens, host_name=host.display_name
+        )
     tokenizer.check_fits(rows, f"{EMBEDDINGS_KEY} in {str(found[EMBEDDINGS_KEY][1])!r}")
     shapes = {key: shape for key, (shape, _) in found.items()}
     parsed = replace(parsed, sam=infer_sam_overrides(shapes, host.sam_prefix))

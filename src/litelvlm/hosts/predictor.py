@@ -167,10 +167,10 @@ class GroundingPredictor:
             check_path_argument(clip, "clip")
         directory = local_checkpoint_dir(path_or_id)
         host, config = detect_host(directory)
-        model = load_grounding_model(directory, host, config, dtype=dtype, device=device)
         tokenizer = LegacyLlamaTokenizer.from_pretrained(
             directory, mode=tokenization, required_tokens=host.added_tokens, host_name=host.display_name
         )
+        model = load_grounding_model(directory, host, config, dtype=dtype, device=device, tokenizer=tokenizer)
         scorer = ClipScorer.from_pretrained(
             clip or model.config.vision_tower,
             dtype=dtype,
