@@ -134,3 +134,16 @@ def test_misuse_is_one_clear_error(predictor, call, message):
     predictor.set_image(random_image(37))
     with pytest.raises(LiteLVLMError, match=message.replace("(", r"\(").replace(")", r"\)")):
         call(predictor)
+
+
+def test_predict_batch_skips_images_given_none(predictor):
+    predictor.set_image([random_image(60), random_image(61, 288, 256)])
+    both = predictor.predict_batch([["the cat"], ["a dog", "the tree"]], budget=32)
+    only_second = predictor.predict_batch([None, ["a dog", "the tree"]], budget=32)
+    assert only_second[0] is None
+    for a, b in zip(both[1].results, only_second[1].results):
+        assert a.indices == b.indices and (a.mask == b.mask).mean() > 0.999
+    with pytest.raises(LiteLVLMError, match="every image is skipped"):
+        predictor.predict_batch([None, None])
+    with pytest.raises(LiteLVLMError, match="or None to skip it"):
+        predictor.predict_batch([[], ["a dog"]])

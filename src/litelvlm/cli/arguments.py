@@ -164,7 +164,7 @@ def add_positions_argument(parser: argparse.ArgumentParser) -> None:
         "--share-prefix",
         action="store_true",
         help="run the tokens every conversation of a batch shares (system prompt; for text-independent methods "
-        "through the image) once: faster, equal up to float rounding (teacher-forced, before-LLM methods)",
+        "through the image) once: faster, equal up to float rounding (before-LLM methods)",
     )
 
 

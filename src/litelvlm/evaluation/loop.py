@@ -133,61 +133,36 @@ def _evaluate(predictor, dataset, config, directory, rank, world, barrier, progr
         desc=f"{config.get('dataset', 'eval')}",
     )
     sums = defaultdict(list)
-    for image_index, image in mine:
-        todo = [(m, b) for m in methods for b in budgets if unit_key(image.image_id, m, b) not in done]
-        if not todo:
-            continue
-        plan = plans[image_index]
-        truths = {}
-        predictor.set_image(image.path)
-        unpruned = None  # the prediction at a budget >= the patch count, the same for every method
-        for method, budget in todo:
-            full = budget >= predictor.num_patches
-            if full and unpruned is not None:
-                prediction = unpruned
-            else:
-                prediction = _predict(predictor, plan, method, budget, image.image_id, config, method_options)
-            if full:
-                unpruned = prediction
-            records = []
-            for number, (query, result) in enumerate(zip(plan.queries, prediction.results)):
-                referent = query.referent
-                if referent.ref_id not in truths:
-                    truths[referent.ref_id] = dataset.mask(referent)
-                if result.mask.shape != truths[referent.ref_id].shape:  # both in the displayed frame
-                    raise LiteLVLMError(
-                        f"image {str(image.path)!r} gives a {result.mask.shape} mask but its ground truth is "
-                        f"{truths[referent.ref_id].shape}; the file does not match its annotations — restore the "
-                        "original image."
+    pending = [(i, image) for i, image in mine if any(unit_key(image.image_id, m, b) not in done for m in methods
+                                                      for b in budgets)]  # fmt: skip
+    group_size = config.get("options", {}).get("images_per_batch", 1)
+    for first_of_group in range(0, len(pending), group_size):
+        group = pending[first_of_group : first_of_group + group_size]
+        truths = [{} for _ in group]
+        paths = [image.path for _, image in group]
+        predictor.set_image(paths if len(paths) > 1 else paths[0])
+        unpruned = {}  # group position -> the prediction at a budget >= the patch count, the same for every method
+        for method in methods:
+            for budget in budgets:
+                needing = [k for k, (_, image) in enumerate(group) if unit_key(image.image_id, method, budget) not in done]
+                if not needing:
+                    continue
+                full = budget >= predictor.num_patches
+                predictions = {k: unpruned[k] for k in needing if full and k in unpruned}
+                missing = [k for k in needing if k not in predictions]
+                if missing:
+                    predictions.update(
+                        _predict_group(predictor, plans, group, missing, method, budget, config, method_options)
                     )
-                intersection, union = intersection_union(result.mask, truths[referent.ref_id])
-                records.append(
-                    {
-                        "image_id": image.image_id,
-                        "image_index": image_index,
-                        "ref_id": referent.ref_id,
-                        "sentence": query.sentence,
-                        "sentence_index": query.sentence_index,
-                        "query": number,
-                        "conversation": result.conversation,
-                        "question_template": query.question_template,
-                        "answer_template": query.answer_template,
-                        "method": method,
-                        "budget": budget,
-                        "num_visual_tokens": prediction.num_visual_tokens,
-                        "average_visual_tokens": prediction.average_visual_tokens,
-                        "intersection": intersection,
-                        "union": union,
-                        "mask_area": int(result.mask.sum()),
-                        "gt_area": int((truths[referent.ref_id] == 1).sum()),
-                        "kept_hash": kept_hash(result.indices),
-                        "timings": prediction.timings,
-                        "image_timings": predictor.image_timings,
-                    }
-                )
-                sums[(method, budget)].append((intersection, union))
-            log.append_unit(unit_key(image.image_id, method, budget), records)
-            bar.update(len(records))
+                if full:
+                    unpruned.update(predictions)
+                for k in needing:
+                    image_index, image = group[k]
+                    records = _records(dataset, image_index, image, plans[image_index], predictions[k], method,
+                                       budget, truths[k], predictor.image_timings)  # fmt: skip
+                    sums[(method, budget)].extend((r["intersection"], r["union"]) for r in records)
+                    log.append_unit(unit_key(image.image_id, method, budget), records)
+                    bar.update(len(records))
         first = next(iter(sums))
         bar.set_postfix_str(f"cIoU {first[0]}@{first[1]} {100 * summarize(sums[first])['ciou']:.1f}")
     bar.close()
@@ -224,20 +199,75 @@ def finish_records(
     return write_reports(directory, records, config)
 
 
-def _predict(predictor, plan, method: str, budget: int, image_id, config: dict, method_options: dict | None):
-    """The predictor's masks for one image's planned queries with one method at one budget."""
-    return predictor.predict(
-        [query.sentence for query in plan.queries],
-        budget=budget,
-        method=method,
-        question_templates=[query.question_template for query in plan.queries],
-        answer_templates=[query.answer_template for query in plan.queries],
-        turns_per_conversation=plan.turns_per_conversation,
-        text_source=config.get("text_source", "questions"),
-        positions=config.get("options", {}).get("positions", "compact"),
-        share_prefix=config.get("options", {}).get("share_prefix", False),
-        **_options_for(method, image_id, config["seed"], method_options),
-    )
+def _records(dataset, image_index: int, image, plan, prediction, method: str, budget: int, truths: dict,
+             image_timings: dict) -> list[dict]:  # fmt: skip
+    """One unit's records: each planned query's intersection and union with its ground truth (`truths` caches
+    the image's ground-truth masks by ref_id across units)."""
+    records = []
+    for number, (query, result) in enumerate(zip(plan.queries, prediction.results)):
+        referent = query.referent
+        if referent.ref_id not in truths:
+            truths[referent.ref_id] = dataset.mask(referent)
+        if result.mask.shape != truths[referent.ref_id].shape:  # both in the displayed frame
+            raise LiteLVLMError(
+                f"image {str(image.path)!r} gives a {result.mask.shape} mask but its ground truth is "
+                f"{truths[referent.ref_id].shape}; the file does not match its annotations — restore the "
+                "original image."
+            )
+        intersection, union = intersection_union(result.mask, truths[referent.ref_id])
+        records.append(
+            {
+                "image_id": image.image_id,
+                "image_index": image_index,
+                "ref_id": referent.ref_id,
+                "sentence": query.sentence,
+                "sentence_index": query.sentence_index,
+                "query": number,
+                "conversation": result.conversation,
+                "question_template": query.question_template,
+                "answer_template": query.answer_template,
+                "method": method,
+                "budget": budget,
+                "num_visual_tokens": prediction.num_visual_tokens,
+                "average_visual_tokens": prediction.average_visual_tokens,
+                "intersection": intersection,
+                "union": union,
+                "mask_area": int(result.mask.sum()),
+                "gt_area": int((truths[referent.ref_id] == 1).sum()),
+                "kept_hash": kept_hash(result.indices),
+                "timings": prediction.timings,
+                "image_timings": image_timings,
+            }
+        )
+    return records
+
+
+def _predict_group(predictor, plans, group, which: list[int], method: str, budget: int, config: dict,
+                   method_options: dict | None) -> dict:  # fmt: skip
+    """Predictions for the set images at group positions `which` with one method at one budget, as one padded
+    batch; a seeded method (random) draws each image's subset from that image's own seed, so it runs image by
+    image (on the same set images)."""
+    from ..selection import get_method
+
+    seeded = "seed" in get_method(method).option_names
+    batches = [[k] for k in which] if seeded else [which]
+    predictions = {}
+    for batch in batches:
+        chosen = [plans[group[k][0]].queries if k in batch else None for k in range(len(group))]
+        results = predictor.predict_batch(
+            [None if queries is None else [q.sentence for q in queries] for queries in chosen],
+            budget=budget,
+            method=method,
+            question_templates=[None if qs is None else [q.question_template for q in qs] for qs in chosen],
+            answer_templates=[None if qs is None else [q.answer_template for q in qs] for qs in chosen],
+            turns_per_conversation=plans[group[batch[0]][0]].turns_per_conversation,
+            text_source=config.get("text_source", "questions"),
+            positions=config.get("options", {}).get("positions", "compact"),
+            share_prefix=config.get("options", {}).get("share_prefix", False),
+            **_options_for(method, group[batch[0]][1].image_id, config["seed"], method_options),
+        )
+        predictions.update({k: results[k] for k in batch})
+    return predictions
 
 
 def _options_for(method: str, image_id, seed: int, method_options: dict | None) -> dict:

@@ -125,28 +125,26 @@ def final_hidden_states(decoder: torch.nn.Module, batch: SplicedBatch) -> torch.
     return output.last_hidden_state
 
 
-def shared_prefix_length(batch: SplicedBatch, needed: Sequence[Sequence[int]]) -> int:
+def shared_prefix_length(batch: SplicedBatch, needed: Sequence[Sequence[int]] = ()) -> int:
     """How many leading positions every sequence of the batch holds identically (same input embedding, same
-    RoPE position), stopping before the first position whose output is `needed` (per sequence) and before each
-    sequence's last token. 0 for a batch of one: nothing to share."""
+    RoPE position), stopping before the first position whose output is `needed` (per sequence; none while
+    generating) and before each sequence's last token. 0 for a batch of one: nothing to share."""
     if batch.embeds.shape[0] < 2:
         return 0
-    limit = min(min(batch.lengths) - 1, *(min(where) for where in needed if where))
+    limit = min([min(batch.lengths) - 1, *(min(where) for where in needed if where)])
     same = (batch.embeds[1:, :limit] == batch.embeds[:1, :limit]).all(dim=2).all(dim=0)
     same &= (batch.position_ids[1:, :limit] == batch.position_ids[:1, :limit]).all(dim=0)
     differing = (~same).nonzero()
     return int(differing[0]) if len(differing) else max(limit, 0)
 
 
-@torch.inference_mode()
-def final_hidden_states_shared(decoder: torch.nn.Module, batch: SplicedBatch, prefix: int) -> torch.Tensor:
-    """`final_hidden_states` with the first `prefix` positions (identical in every sequence, see
-    `shared_prefix_length`) run once: their keys and values are computed for one sequence and repeated for all,
-    and only the rest of each sequence runs batched. Causal attention makes this exact up to float rounding.
-    Returns [B, L, H] like `final_hidden_states`."""
-    if prefix < 1:
-        return final_hidden_states(decoder, batch)
+def _prefill_shared(decoder: torch.nn.Module, batch: SplicedBatch, prefix: int, stop: int | None = None):
+    """Run positions [0, prefix) of the first sequence once, repeat their keys and values for the whole batch,
+    then run positions [prefix, stop) of every sequence on that cache. Returns (the rest's output, whose
+    `last_hidden_state` is [B, stop - prefix, H] and whose cache covers [0, stop), the prefix's hidden states
+    [1, prefix, H])."""
     batch_size = batch.embeds.shape[0]
+    stop = batch.embeds.shape[1] if stop is None else stop
     shared = decoder(
         inputs_embeds=batch.embeds[:1, :prefix],
         attention_mask=batch.attention_mask[:1, :prefix],
@@ -156,14 +154,29 @@ def final_hidden_states_shared(decoder: torch.nn.Module, batch: SplicedBatch, pr
     cache = _output_cache(shared)
     cache.batch_repeat_interleave(batch_size)
     rest = decoder(
-        inputs_embeds=batch.embeds[:, prefix:],
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids[:, prefix:],
+        inputs_embeds=batch.embeds[:, prefix:stop],
+        attention_mask=batch.attention_mask[:, :stop],
+        position_ids=batch.position_ids[:, prefix:stop],
         use_cache=True,
         **{_cache_argument(decoder): cache},
     )
-    head = shared.last_hidden_state.expand(batch_size, -1, -1)
-    return torch.cat([head, rest.last_hidden_state], dim=1)
+    return rest, shared.last_hidden_state
+
+
+@torch.inference_mode()
+def final_hidden_states_shared(
+    decoder: torch.nn.Module, batch: SplicedBatch, prefix: int, needed: Sequence[Sequence[int]] = ()
+) -> torch.Tensor:
+    """`final_hidden_states` with the first `prefix` positions (identical in every sequence, see
+    `shared_prefix_length`) run once: their keys and values are computed for one sequence and repeated for all,
+    and only the rest of each sequence runs batched. Positions after the last `needed` one (per sequence) are
+    not run at all: causal attention never lets earlier positions see them. Exact up to float rounding.
+    Returns [B, L', H] with L' = the last needed position + 1 (L when nothing is named)."""
+    if prefix < 1:
+        return final_hidden_states(decoder, batch)
+    stop = max((max(where) + 1 for where in needed if where), default=batch.embeds.shape[1])
+    rest, head = _prefill_shared(decoder, batch, prefix, stop)
+    return torch.cat([head.expand(batch.embeds.shape[0], -1, -1), rest.last_hidden_state], dim=1)
 
 
 def gather_positions(hidden: torch.Tensor, positions: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -191,6 +204,7 @@ def generate(
     max_new_tokens: int = 64,
     choose: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     locate: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    prefix: int = 0,
 ) -> Generation:
     """Greedy decoding with a KV cache from a right-padded spliced batch.
 
@@ -198,7 +212,11 @@ def generate(
     last one, so RoPE positions equal those of an unpadded run. `choose(logits [B, V], step) -> [B]` replaces argmax
     (tests use it to force a known answer through the cached path). `locate(positions [B]) -> rows [B]` maps
     padded-layout positions to rows of the prefill output when layers drop tokens (in-LLM pruning).
+    `prefix` > 0 (see `shared_prefix_length`; not with `locate`): the first `prefix` positions, identical in every
+    sequence, are prefilled once and their cache repeated.
     """
+    if prefix > 0 and locate is not None:
+        raise ValueError("a shared prefix cannot be combined with in-LLM pruning")
     decoder, head = causal_lm.model, causal_lm.lm_head
     cache_name = _cache_argument(decoder)
     batch_size = batch.embeds.shape[0]
@@ -206,12 +224,16 @@ def generate(
     lengths = torch.tensor(batch.lengths, device=device)
     rows = torch.arange(batch_size, device=device)
     next_positions = batch.next_positions()
-    output = decoder(
-        inputs_embeds=batch.embeds,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=True,
-    )
+    if prefix > 0:  # the shared prefix's keys and values are computed once and repeated for every sequence
+        output, _ = _prefill_shared(decoder, batch, prefix)
+        lengths = lengths - prefix  # rows of the output hold positions prefix, prefix + 1, ...
+    else:
+        output = decoder(
+            inputs_embeds=batch.embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=True,
+        )
     last = lengths - 1 if locate is None else locate(lengths - 1)
     previous_hidden = output.last_hidden_state[rows, last]
     cache, mask = _output_cache(output), batch.attention_mask

@@ -230,10 +230,11 @@ class GroundingPredictor:
         replaces greedy argmax. `full_budget`: "identity" (budget >= patches: no selection at all) or "method".
         `positions`: RoPE positions of the kept visual tokens, "compact" (consecutive, the authors' code) or
         "original" (each at its patch index among all patches; the text after the image as if none were
-        pruned). `share_prefix=True` (teacher-forced, before-LLM methods): the leading tokens every conversation
-        of the batch holds identically (the system prompt; for text-independent methods through the image) run
-        once, their keys and values shared, the rest batched; equal to the unshared run up to float rounding
-        (off by default, so default results stay bit-identical). Further keyword options go to the selection
+        pruned). `share_prefix=True` (before-LLM methods, teacher-forced or generating): the leading tokens every
+        conversation of the batch holds identically (the system prompt; for text-independent methods through
+        the image) run once, their keys and values shared, the rest batched, and teacher-forced runs stop at the
+        last position a [SEG] state is read from; equal to the unshared run up to float rounding (off by
+        default, so default results stay bit-identical). Further keyword options go to the selection
         method (e.g. order="raster", seed=1).
         """
         if isinstance(expressions, str):
@@ -258,16 +259,17 @@ class GroundingPredictor:
         question_templates: Sequence[Sequence[int]] | None = None,
         answer_templates: Sequence[Sequence[int]] | None = None,
         **options,
-    ) -> list[Prediction]:
+    ) -> list[Prediction | None]:
         """`predict` for every set image: one list of expressions (and of templates) per image, in the order of
-        `set_image`. All conversations run as one padded batch."""
+        `set_image`. All conversations run as one padded batch. None in place of an image's list skips that
+        image (its entry of the result is None): one `set_image` of several images serves any subset of them."""
         if isinstance(expressions, str) or any(isinstance(group, str) for group in expressions):
             raise LiteLVLMError(
                 "predict_batch takes one list of expressions per set image, e.g. [['the cat'], ['a dog']]; "
                 "use predict(['the cat']) for a single image."
             )
         return self._predict(
-            [list(group) for group in expressions],
+            [None if group is None else list(group) for group in expressions],
             question_templates=question_templates,
             answer_templates=answer_templates,
             **options,
@@ -308,9 +310,13 @@ class GroundingPredictor:
                 f"got expressions for {len(per_image)} image(s) but {len(images.original)} are set; pass one "
                 "list of expressions per image (predict for one image, predict_batch for several)."
             )
-        for group in per_image:
-            if not group:
-                raise LiteLVLMError("an image has no expressions; pass at least one per image.")
+        skipped = {image for image, group in enumerate(per_image) if group is None}
+        if len(skipped) == len(per_image):
+            raise LiteLVLMError("every image is skipped (None); pass a list of expressions for at least one.")
+        per_image = [group or [] for group in per_image]
+        for image, group in enumerate(per_image):
+            if not group and image not in skipped:
+                raise LiteLVLMError("an image has no expressions; pass at least one per image, or None to skip it.")
             for expression in group:
                 self._check_expression(expression)
         entry = get_method(method)
@@ -365,7 +371,9 @@ class GroundingPredictor:
             tokens_per_layer = [selection.budget] * num_layers
         permuted = selection.is_permutation_of_all(num_patches)
         return [
-            Prediction(
+            None
+            if image in skipped
+            else Prediction(
                 [r for r in results if conversations[r.conversation].image == image],
                 method,
                 budget,
@@ -484,7 +492,10 @@ class GroundingPredictor:
         )
         query_ends = [] if plan is None else [self._query_end(c) + visual.shape[1] - 1 for c in conversations]
         with timer("llm"), pruning(model.llm.model, plan, batch.image_spans, query_ends) as state:
+            share = share_prefix and state is None  # in-LLM methods: see docs/performance.md
             if generate_answer:
+                prefix = shared_prefix_length(batch) if share else 0
+                self.last_shared_prefix = prefix
                 output = generate(
                     model.llm,
                     batch,
@@ -493,14 +504,15 @@ class GroundingPredictor:
                     max_new_tokens=max_new_tokens,
                     choose=decoding,
                     locate=None if state is None else (lambda p: state.index_of(p[:, None])[:, 0]),
+                    prefix=prefix,
                 )
                 answers = [tokenizer.decode(tokens) for tokens in output.tokens]
                 # one expression per conversation: its mask comes from the first generated [SEG]
                 seg_hidden = [watched[:1] for watched in output.watched_hidden]
             else:
                 positions = batch.positions_before(tokenizer.seg_id)
-                prefix = shared_prefix_length(batch, positions) if share_prefix and state is None else 0
-                hidden = final_hidden_states_shared(model.llm.model, batch, prefix)
+                prefix = shared_prefix_length(batch, positions) if share else 0
+                hidden = final_hidden_states_shared(model.llm.model, batch, prefix, positions)
                 self.last_shared_prefix = prefix
                 for conversation, where in zip(conversations, positions):
                     if len(where) != len(conversation.expressions):
@@ -577,7 +589,7 @@ def _templates(templates, per_image: list[list[str]], default: int, name: str) -
             f"{name}_templates must hold one list of template indices per image ({len(per_image)}), got "
             f"{templates!r}."
         )
-    lists = [list(group) for group in templates]
+    lists = [[] if group is None else list(group) for group in templates]
     for group, texts in zip(lists, per_image):
         if len(group) != len(texts):
             raise LiteLVLMError(
