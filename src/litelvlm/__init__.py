@@ -14,6 +14,8 @@ _LAZY = {
     "select_tokens": "selection",
     "ClipScorer": "scoring",
     "GroundingPredictor": "hosts",
+    "LlavaPredictor": "hosts.llava",
+    "prune": "hosts.llava_prune",
 }
 
 __all__ = ["LiteLVLMError", "__version__", *_LAZY]
