@@ -120,6 +120,11 @@ def prediction_overlay(image: Image.Image, prediction, predictor, title: str) ->
                 title=title,
             )
         )
+    return side_by_side(panels)
+
+
+def side_by_side(panels: Sequence[Image.Image]) -> Image.Image:
+    """Panels left to right on one canvas (top-aligned)."""
     canvas = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)))
     x = 0
     for panel in panels:

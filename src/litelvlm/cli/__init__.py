@@ -1,4 +1,4 @@
-"""`litelvlm` command line: select | segment | eval | report | analyze | bench | demo.
+"""`litelvlm` command line: select | segment | answer | eval | report | analyze | bench | demo.
 
 Bad input ends in one sentence on stderr and exit code 2, never a traceback; warnings are one line each.
 Nothing heavy is imported at module level, so Ctrl-C during start-up (torch's import) is also one line.
@@ -12,7 +12,7 @@ import re
 import sys
 import warnings
 
-COMMAND_MODULES = ("select", "segment", "eval", "report", "analyze", "bench", "demo")
+COMMAND_MODULES = ("select", "segment", "answer", "eval", "report", "analyze", "bench", "demo")
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 

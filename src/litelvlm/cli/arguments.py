@@ -107,9 +107,10 @@ def resolve_dtype(name: str):
 
 
 def add_method_arguments(
-    parser: argparse.ArgumentParser, *, seed_help: str = "seed of the random method"
+    parser: argparse.ArgumentParser, *, seed_help: str = "seed of the random method", text_source: bool = True
 ) -> None:
-    """Options of the selection methods, shared by the commands that run them."""
+    """Options of the selection methods, shared by the commands that run them (`text_source`: whether CLIP's
+    text can be chosen; commands whose CLIP text is the question itself go without)."""
     parser.add_argument(
         "--order",
         choices=("paper", "raster"),
@@ -122,13 +123,14 @@ def add_method_arguments(
         default=1.0,
         help="litelvlm: share of the budget for low-similarity tokens (1.0 = the authors' budget // T)",
     )
-    parser.add_argument(
-        "--text-source",
-        choices=TEXT_SOURCES,
-        default="questions",
-        help="what CLIP scores: the questions asked ('Please segment X in this image.', the authors' current "
-        "code) or the raw expressions",
-    )
+    if text_source:
+        parser.add_argument(
+            "--text-source",
+            choices=TEXT_SOURCES,
+            default="questions",
+            help="what CLIP scores: the questions asked ('Please segment X in this image.', the authors' current "
+            "code) or the raw expressions",
+        )
     parser.add_argument(
         "--budget-mode",
         choices=("average", "final"),
@@ -226,7 +228,7 @@ def check_run_plan(args: argparse.Namespace, methods: list[str], budgets: list[i
         budgets,
         {name: method_options(args, name) for name in methods},
         grid=predictor.scorer.grid,
-        num_layers=predictor.model.llm.config.num_hidden_layers,
+        num_layers=predictor.num_llm_layers,
     )
 
 

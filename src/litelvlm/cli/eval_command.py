@@ -13,6 +13,7 @@ from ..evaluation.protocols import PROTOCOLS
 from . import arguments
 from .outputs import check_output_dir
 
+TASKS = ("segment", "rec", "vqa")  # segmentation with GLaMM/LISA; box grounding and VQA with a LLaVA
 DEFAULT_PRUNED_BUDGETS = (192, 128, 64)  # the paper's budgets
 # Without --preset: the data set, split and methods when not given (None marks "not given" for --preset).
 DEFAULTS = {"dataset": "refcoco", "split": "val", "methods": ["litelvlm"]}
@@ -29,8 +30,23 @@ def add_parser(subparsers) -> None:
         "continue), results.json, results.md and budget_vs_ciou.png into --out. Run with "
         "`accelerate launch -m litelvlm eval ...` to shard images over GPUs/nodes.",
     )
-    parser.add_argument("--model", required=True, help="GLaMM or LISA checkpoint directory or hub id")
-    parser.add_argument("--clip", help="CLIP checkpoint dir or hub id (default: the config's vision tower)")
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default="segment",
+        help="segment: referring segmentation with GLaMM or LISA (cIoU); rec: box grounding with a transformers "
+        "LLaVA (Acc@0.5, mean IoU) on the same data; vqa: a LLaVA on a VQA JSONL (--jsonl; VQAv2 accuracy)",
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="GLaMM or LISA checkpoint directory or hub id; a LLaVA one with --task rec/vqa",
+    )
+    parser.add_argument(
+        "--clip",
+        help="CLIP checkpoint dir or hub id (default: the config's vision tower; for LLaVA "
+        "openai/clip-vit-large-patch14-336)",
+    )
     arguments.add_data_arguments(parser)
     parser.add_argument("--methods", type=arguments.method_list, help="comma-separated (default: litelvlm)")
     parser.add_argument(
@@ -63,6 +79,11 @@ def add_parser(subparsers) -> None:
         "then paper_table.md/.json and paper_budget_vs_ciou.png next to the published numbers (replaces "
         "--dataset, --split, --methods and --budgets)",
     )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=arguments.whole_number(1),
+        help="--task rec/vqa: generation length limit (default: rec 48, vqa 16)",
+    )
     parser.add_argument("--out", required=True, help="run directory (created; an existing run is resumed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     arguments.add_device_arguments(parser, default_dtype="bfloat16")
@@ -73,6 +94,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task != "segment":
+        return run_answers(args)
+    if args.max_new_tokens is not None:
+        raise LiteLVLMError("--max-new-tokens applies to --task rec and vqa; drop it for segmentation.")
     if args.preset:
         return run_preset(args)
     for name, value in DEFAULTS.items():
@@ -111,6 +136,68 @@ def run(args: argparse.Namespace) -> int:
             ciou = "n/a" if row["ciou"] is None else f"{100 * row['ciou']:.2f}"
             print(f"{row['method']:>16} @ {row['budget']:>4}: cIoU {ciou}  ({row['count']} expressions)")
         print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'budget_vs_ciou.png'}")
+    return 0
+
+
+def run_answers(args: argparse.Namespace) -> int:
+    """--task rec / vqa with a transformers LLaVA (evaluation/answer_loop.py)."""
+    from ..evaluation.answer_loop import evaluate_answers, rec_images, vqa_images
+
+    refused = [flag for flag, given in (("--preset", args.preset), ("--protocol", args.protocol),
+                                        ("--images-per-batch", args.images_per_batch > 1)) if given]  # fmt: skip
+    if refused:
+        raise LiteLVLMError(
+            f"{' and '.join(refused)} apply to --task segment; drop them for --task {args.task}."
+        )
+    if args.task == "vqa" and not args.jsonl:
+        raise LiteLVLMError("--task vqa reads a VQA JSONL (image, question, answers); pass it with --jsonl.")
+    for name, value in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    arguments.check_extra_options(args, args.methods)
+    out = check_output_dir(args.out)
+    dataset = None
+    if args.task == "rec":
+        dataset, data, name, split = arguments.load_data(args)
+        images = rec_images(dataset)
+    else:
+        from ..data.vqa import load_vqa_jsonl
+
+        images = vqa_images(load_vqa_jsonl(args.jsonl, images=args.images))
+        data, name, split = str(Path(args.jsonl).resolve()), Path(args.jsonl).stem, "all"
+    state, llava = _load_llava(args)
+    budgets = args.budgets or [llava.num_patches, *DEFAULT_PRUNED_BUDGETS]
+    arguments.check_run_plan(args, args.methods, budgets, llava)
+    from ..evaluation.loop import run_config
+
+    shared = _shared_config(args, data, None)
+    shared["text_source"] = None  # CLIP reads the expression (rec) or the question (vqa)
+    if args.max_new_tokens is not None:
+        shared["options"]["max_new_tokens"] = args.max_new_tokens
+    config = {"task": args.task, **run_config(dataset=name, split=split, methods=args.methods, budgets=budgets,
+                                              **shared)}  # fmt: skip
+    payload = evaluate_answers(
+        llava,
+        args.task,
+        images,
+        config,
+        out,
+        dataset=dataset,
+        rank=state.process_index,
+        world=state.num_processes,
+        barrier=state.wait_for_everyone,
+        progress=not args.no_progress,
+        method_options={name: arguments.method_options(args, name) for name in args.methods},
+    )
+    if payload is not None:
+        for row in payload["results"]:
+            if args.task == "rec":
+                value = "n/a" if row["acc@0.5"] is None else f"Acc@0.5 {100 * row['acc@0.5']:.2f}, mean IoU " \
+                    f"{100 * row['mean_iou']:.2f}, {row['misses']} without a box"  # fmt: skip
+            else:
+                value = "n/a" if row["accuracy"] is None else f"accuracy {100 * row['accuracy']:.2f}"
+            print(f"{row['method']:>16} @ {row['budget']:>4}: {value}  ({row['count']} questions)")
+        print(f"wrote {out / 'results.json'}, {out / 'results.md'}")
     return 0
 
 
@@ -178,9 +265,30 @@ def _checkpoint_and_protocol(args: argparse.Namespace):
 
 def _load_predictor(args: argparse.Namespace, directory):
     """(accelerate's PartialState, the predictor on this process's device)."""
-    from accelerate import PartialState
-
     from ..hosts import GroundingPredictor
+
+    state, device = _process_state(args)
+    predictor = GroundingPredictor.from_pretrained(
+        directory, clip=args.clip, dtype=arguments.resolve_dtype(args.dtype), device=device
+    )
+    return state, predictor
+
+
+def _load_llava(args: argparse.Namespace):
+    """(accelerate's PartialState, the LLaVA host on this process's device)."""
+    from ..hosts.llava import LlavaPredictor
+    from ..scoring import DEFAULT_CLIP
+
+    state, device = _process_state(args)
+    llava = LlavaPredictor.from_pretrained(
+        args.model, clip=args.clip or DEFAULT_CLIP, dtype=arguments.resolve_dtype(args.dtype), device=device
+    )
+    return state, llava
+
+
+def _process_state(args: argparse.Namespace):
+    """(accelerate's PartialState, this process's device)."""
+    from accelerate import PartialState
 
     state = PartialState(cpu=args.device == "cpu")
     requested = _accelerate_cpu_processes_requested()
@@ -195,10 +303,7 @@ def _load_predictor(args: argparse.Namespace, directory):
         if state.num_processes > 1 or args.device is None
         else arguments.resolve_device(args.device)
     )
-    predictor = GroundingPredictor.from_pretrained(
-        directory, clip=args.clip, dtype=arguments.resolve_dtype(args.dtype), device=device
-    )
-    return state, predictor
+    return state, device
 
 
 def _accelerate_cpu_processes_requested() -> int:

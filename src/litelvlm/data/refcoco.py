@@ -67,10 +67,29 @@ class RefCocoDataset(ReferringDataset):
     (read from the file header on first use), so they match the displayed image the predictor segments.
     """
 
-    def __init__(self, name: str, split: str, images: list[ImageEntry], segmentations: dict[int, object]):
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        images: list[ImageEntry],
+        segmentations: dict[int, object],
+        boxes: dict[int, object] | None = None,
+    ):
         super().__init__(name, split, images)
         self._segmentations = segmentations  # ann_id -> COCO segmentation, only the split's referents
+        self._boxes = boxes or {}  # ann_id -> COCO bbox [x, y, w, h] (stored frame), where the file has one
         self._entries = {entry.image_id: entry for entry in images}
+
+    def box(self, referent: Referent) -> tuple[float, float, float, float]:
+        """The annotation's COCO bbox as [x0, y0, x1, y1] (what REC evaluations score against); the mask's tight
+        box when the file has none or the image is displayed turned (its EXIF orientation)."""
+        bbox = self._boxes.get(referent.ann_id)
+        entry = self._entries.get(referent.image_id)
+        valid = isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)
+        if valid and entry is not None and entry.orientation == 1 and bbox[2] > 0 and bbox[3] > 0:
+            x, y, width, height = (float(v) for v in bbox)
+            return (x, y, x + width, y + height)
+        return super().box(referent)
 
     def mask(self, referent: Referent) -> np.ndarray:
         """uint8 [H, W] ground truth, as displayed (values > 1 where polygons overlap; see `decode_segmentation`)."""
@@ -115,7 +134,7 @@ def load_refcoco(
             raise LiteLVLMError(f"{what} {str(path)!r} does not exist; {_layout(root, dataset)}.")
 
     refs = _split_refs(root / dataset / REFS_FILES[dataset], split)
-    coco_images, annotations = _read_instances(root / dataset / "instances.json", refs)
+    coco_images, annotations, boxes = _read_instances(root / dataset / "instances.json", refs)
     image_dir = _image_dir(root, dataset, images)
 
     by_image: dict[int, list[Referent]] = {}
@@ -154,7 +173,9 @@ def load_refcoco(
                 referents=tuple(by_image[image_id]),
             )
         )
-    return RefCocoDataset(dataset, split, entries, segmentations)
+    return RefCocoDataset(
+        dataset, split, entries, segmentations, {ann_id: boxes[ann_id] for ann_id in segmentations}
+    )
 
 
 def _split_refs(path: Path, split: str) -> list[dict]:
@@ -220,8 +241,10 @@ def _check_ref(ref: dict, where: str) -> None:
         )
 
 
-def _read_instances(path: Path, refs: list[dict]) -> tuple[dict[int, dict], dict[int, object]]:
-    """Image records and segmentations of the split's refs only (the file holds every COCO annotation)."""
+def _read_instances(
+    path: Path, refs: list[dict]
+) -> tuple[dict[int, dict], dict[int, object], dict[int, object]]:
+    """Image records, segmentations and bboxes of the split's refs only (the file holds every COCO annotation)."""
     try:
         with open(path, encoding="utf-8") as file:
             instances = json.load(file)
@@ -261,7 +284,11 @@ def _read_instances(path: Path, refs: list[dict]) -> tuple[dict[int, dict], dict
                 f"annotation {ann_id} in instances file {str(path)!r} has no 'segmentation'; use the COCO "
                 "instances.json shipped with the refs."
             )
-    return images, {ann_id: record["segmentation"] for ann_id, record in annotations.items()}
+    return (
+        images,
+        {ann_id: record["segmentation"] for ann_id, record in annotations.items()},
+        {ann_id: record.get("bbox") for ann_id, record in annotations.items()},
+    )
 
 
 def _is_integer(value: object) -> bool:

@@ -105,6 +105,17 @@ class ReferringDataset:
         image's EXIF orientation from the stored frame annotations are drawn in."""
         raise NotImplementedError
 
+    def box(self, referent: Referent) -> tuple[float, float, float, float]:
+        """Ground-truth box of `referent` as [x0, y0, x1, y1] in the displayed frame (continuous coordinates:
+        pixel column i spans [i, i + 1)): here the tight box of its mask; data sets with annotated boxes say so."""
+        rows, cols = np.nonzero(self.mask(referent))
+        if not len(rows):
+            raise LiteLVLMError(
+                f"referent {referent.ref_id!r} has an empty ground-truth mask, so it has no box; fix or drop its "
+                "annotation."
+            )
+        return (float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
+
     def load_image(self, entry: ImageEntry) -> Image.Image:
         """The entry's image as 8-bit RGB (PIL), as displayed: of size `entry.width` x `entry.height`."""
         return load_image(entry.path)

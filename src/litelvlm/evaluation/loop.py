@@ -28,9 +28,9 @@ from .report import write_reports
 from .run_directory import read_config, run_lock
 
 RUN_FILE = "run.json"
-# Fields of the run configuration that must match for a run to be resumed.
-IDENTITY_FIELDS = ("data", "dataset", "split", "protocol", "seed", "limit", "model", "clip", "dtype", "text_source",
-                   "options", "methods", "budgets")  # fmt: skip
+# Fields of the run configuration that must match for a run to be resumed (segmentation runs have no task).
+IDENTITY_FIELDS = ("task", "data", "dataset", "split", "protocol", "seed", "limit", "model", "clip", "dtype",
+                   "text_source", "options", "methods", "budgets")  # fmt: skip
 
 
 def unit_key(image_id, method: str, budget: int) -> str:
@@ -144,7 +144,11 @@ def _evaluate(predictor, dataset, config, directory, rank, world, barrier, progr
         unpruned = {}  # group position -> the prediction at a budget >= the patch count, the same for every method
         for method in methods:
             for budget in budgets:
-                needing = [k for k, (_, image) in enumerate(group) if unit_key(image.image_id, method, budget) not in done]
+                needing = [
+                    k
+                    for k, (_, image) in enumerate(group)
+                    if unit_key(image.image_id, method, budget) not in done
+                ]
                 if not needing:
                     continue
                 full = budget >= predictor.num_patches
@@ -152,7 +156,9 @@ def _evaluate(predictor, dataset, config, directory, rank, world, barrier, progr
                 missing = [k for k in needing if k not in predictions]
                 if missing:
                     predictions.update(
-                        _predict_group(predictor, plans, group, missing, method, budget, config, method_options)
+                        _predict_group(
+                            predictor, plans, group, missing, method, budget, config, method_options
+                        )
                     )
                 if full:
                     unpruned.update(predictions)
@@ -178,10 +184,14 @@ def finish(directory: Path, log: RecordLog, config: dict) -> dict:
 
 
 def finish_records(
-    directory: Path, records: list[dict], config: dict, remedy: str = "run the command again"
+    directory: Path,
+    records: list[dict],
+    config: dict,
+    remedy: str = "run the command again",
+    writer: Callable[[Path, list[dict], dict], dict] = write_reports,
 ) -> dict:
     """Sort a run's records, check that every unit has them (else one sentence ending in `remedy`), and write
-    records.jsonl and the aggregate reports."""
+    records.jsonl and the aggregate reports (`writer`: the task's)."""
     order = {m: i for i, m in enumerate(config["methods"])}
     border = {b: i for i, b in enumerate(config["budgets"])}
     records = sorted(
@@ -196,7 +206,7 @@ def finish_records(
         json.dumps({k: v for k, v in r.items() if k not in ("unit", "unit_size")}) + "\n" for r in records
     )
     write_atomic(directory / "records.jsonl", lines.encode())
-    return write_reports(directory, records, config)
+    return writer(directory, records, config)
 
 
 def _records(dataset, image_index: int, image, plan, prediction, method: str, budget: int, truths: dict,

@@ -45,6 +45,13 @@ def markdown_table(rows: list[dict], methods: list[str], budgets: list[int]) -> 
 
 def plot_budget_vs_ciou(rows: list[dict], methods: list[str], path: Path, title: str = "") -> None:
     """One line per method: cIoU (%) against the number of visual tokens (log axis)."""
+    plot_budget_vs_metric(rows, methods, path, "ciou", "cIoU", title)
+
+
+def plot_budget_vs_metric(
+    rows: list[dict], methods: list[str], path: Path, field: str, label: str, title: str = ""
+) -> None:
+    """One line per method: the rows' `field` (a fraction, shown in %) against the number of visual tokens."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,7 +60,7 @@ def plot_budget_vs_ciou(rows: list[dict], methods: list[str], path: Path, title:
     figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
     for method in methods:
         points = sorted(
-            (r["budget"], 100 * r["ciou"]) for r in rows if r["method"] == method and r["ciou"] is not None
+            (r["budget"], 100 * r[field]) for r in rows if r["method"] == method and r[field] is not None
         )
         if points:
             axis.plot(*zip(*points), marker="o", label=method)
@@ -61,7 +68,7 @@ def plot_budget_vs_ciou(rows: list[dict], methods: list[str], path: Path, title:
     budgets = sorted({r["budget"] for r in rows})
     axis.set_xticks(budgets, [str(b) for b in budgets])
     axis.set_xlabel("visual tokens kept")
-    axis.set_ylabel("cIoU (%)")
+    axis.set_ylabel(f"{label} (%)")
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)

@@ -69,6 +69,8 @@ _PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
 _COMMA_BETWEEN_DIGITS = re.compile(r"\d,\d")
 _PERIODS_REMOVED = 32  # the script passes re.UNICODE (== 32) as `sub`'s count
 HUMAN_ANSWERS = 10  # VQAv2 collects ten answers per question
+# LLaVA-1.5's short-answer VQA prompt (its VQAv2/GQA evaluation appends this line to each question).
+VQA_PROMPT = "{question}\nAnswer the question using a single word or phrase."
 
 
 def process_punctuation(text: str) -> str:

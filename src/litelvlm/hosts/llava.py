@@ -178,6 +178,10 @@ class LlavaPredictor:
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def num_llm_layers(self) -> int:
+        return self.language.model.config.num_hidden_layers
+
     # ------------------------------------------------------------------ images
     @torch.inference_mode()
     def set_image(self, images, timer: StageTimer | None = None) -> None:
@@ -291,7 +295,7 @@ class LlavaPredictor:
                 prefix=prefix,
             )
             llm_kept = _surviving(pruned, batch)
-        num_layers = self.language.model.config.num_hidden_layers
+        num_layers = self.num_llm_layers
         tokens_per_layer = (plan.tokens_per_layer(num_layers, selection.budget) if plan is not None
                             else [selection.budget] * num_layers)  # fmt: skip
         answers = [
@@ -343,7 +347,7 @@ class LlavaPredictor:
         """Kept visual tokens per question (one row each) and the in-LLM plan, as GroundingPredictor._select."""
         features = self._images.features
         device = features.hidden.device
-        num_layers = self.language.model.config.num_hidden_layers
+        num_layers = self.num_llm_layers
         if entry.stage == "llm":
             plan = (
                 entry.fn(budget, num_layers, self.num_patches, **options)

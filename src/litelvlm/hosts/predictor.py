@@ -187,6 +187,10 @@ class GroundingPredictor:
     def num_patches(self) -> int:
         return self.scorer.num_patches
 
+    @property
+    def num_llm_layers(self) -> int:
+        return self.model.llm.config.num_hidden_layers
+
     # ------------------------------------------------------------------ images
     @torch.inference_mode()
     def set_image(
