@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import litelvlm
-import litelvlm.hosts.llava_prune
 from conftest import random_image
 from litelvlm.errors import LiteLVLMError
 from litelvlm.hosts.llava import LlavaPredictor
@@ -136,6 +135,25 @@ def test_prune_context_manager_equals_the_host(llava, pictures, method, position
     assert state.last_kept.tolist() == [a.indices for a in ours.answers]
 
 
+@pytest.mark.parametrize("method", ["fastv", "pdrop", "sparsevlm"])
+def test_prune_context_manager_runs_in_llm_methods_like_the_host(llava, pictures, method):
+    """In-LLM methods inside the block: transformers' own left-padded prefill with the decoder layers wrapped;
+    the same tokens and the same surviving patches as the host's right-padded run."""
+    model = llava.model
+    layers = list(model.model.language_model.layers)
+    inputs = processor_inputs(llava, pictures, QUESTIONS)
+    with litelvlm.prune(model, llava.processor, method=method, budget=8, budget_mode="final") as state:
+        generated = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+        pruned = state.llm_state
+    assert list(model.model.language_model.layers) == layers  # the original layer objects are back
+    llava.set_image(pictures)
+    ours = llava.answer(QUESTIONS, method=method, budget=8, budget_mode="final", max_new_tokens=NEW_TOKENS)
+    assert new_tokens(generated, inputs, llava.tokenizer.eos_token_id) == [a.tokens for a in ours.answers]
+    deepest = pruned.kept[max(pruned.kept)]
+    for row, (start, _) in enumerate(pruned.image_spans):
+        assert (deepest[row] - start).tolist() == ours.answers[row].llm_kept
+
+
 def test_prune_restores_the_model_exactly_and_is_idempotent(llava, pictures):
     model = llava.model
     inputs = processor_inputs(llava, pictures, QUESTIONS)
@@ -161,7 +179,5 @@ def test_bad_input_is_one_sentence(llava, pictures, tiny_glamm_dir):
         llava.answer("What?")
     with pytest.raises(LiteLVLMError, match="images must give"):
         llava.answer(["a", "b"], images=[0, 5])
-    with pytest.raises(LiteLVLMError, match="prunes inside the LLM"):
-        litelvlm.hosts.llava_prune.apply_prune(llava.model, llava.processor, method="fastv", budget=8)
     with pytest.raises(LiteLVLMError, match="not LlavaForConditionalGeneration"):
         LlavaPredictor.from_pretrained(tiny_glamm_dir, clip=tiny_glamm_dir, device="cpu")

@@ -13,7 +13,9 @@ replaces the settings (idempotent). What the hooks do:
   visual tokens (in the selection's order), the attention mask and position ids to match, no pixels;
 - on each decoding step after it, it drops the pruned columns from `generate`'s growing attention mask and
   shifts the position ids (and cache positions) by the pruned count, so the shorter KV cache lines up.
-Before-LLM methods only (in-LLM methods run through `LlavaPredictor.answer`).
+In-LLM methods (FastV, PyramidDrop, SparseVLM) leave the prefill to transformers: each prefill wraps the
+language model's decoder layers (`llm_pruning.apply_pruning`, the same code `LlavaPredictor.answer` runs) with a
+fresh plan for that call's image spans, and leaving the block puts the original layers back.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..scoring import DEFAULT_CLIP, ClipScorer
 from ..selection import check_budget, check_full_budget, check_options, get_method, run_selection
 from .llava import check_llava_config, image_patches, image_token_id, language_parts, vision_parts
 from .llm import POSITIONS
+from .llm_pruning import PruningState, apply_pruning, remove_pruning
 
 ATTRIBUTE = "_litelvlm_prune"
 GENERATION_PROMPT = (
@@ -39,7 +42,7 @@ GENERATION_PROMPT = (
 class PruneSettings:
     method: str
     budget: int
-    scorer: ClipScorer
+    scorer: ClipScorer | None  # None for in-LLM methods
     positions: str = "compact"
     full_budget: str = "identity"
     texts: list[str] | None = None  # what CLIP compares patches with, one per batch row (default: the prompt)
@@ -57,7 +60,10 @@ class _PruneState:
     original_length: int = 0  # L: the prefill's length before pruning
     removed: int = 0  # N - K: visual tokens taken out of every row
     position_shift: int = 0  # what decoding position ids lose (N - K compact, 0 original)
-    last_kept: torch.Tensor | None = None  # [B, K] the last prefill's kept patch indices
+    last_kept: torch.Tensor | None = None  # [B, K] the last prefill's kept patch indices (before-LLM methods)
+    llm_state: PruningState | None = (
+        None  # in-LLM methods: the last prefill's pruning state (`kept` per layer)
+    )
 
 
 def apply_prune(model, processor, *, method: str = "litelvlm", budget: int, clip=DEFAULT_CLIP,
@@ -66,20 +72,17 @@ def apply_prune(model, processor, *, method: str = "litelvlm", budget: int, clip
     checkpoint (directory or hub id) or a loaded ClipScorer; texts: CLIP's text per batch row (default: each
     prompt's text after the image, without the generation prompt)."""
     entry = get_method(method)
-    if entry.stage == "llm":
-        raise LiteLVLMError(
-            f"{method} prunes inside the LLM, which litelvlm.prune does not hook; use "
-            "litelvlm.hosts.llava.LlavaPredictor.answer(..., method=...) or a before-LLM method."
-        )
     check_options(entry, options)
     check_full_budget(full_budget)
     budget = check_budget(budget)
     if positions not in POSITIONS:
         raise LiteLVLMError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}.")
     check_llava_config(model.config, "the model's config")
-    scorer = clip if isinstance(clip, ClipScorer) else ClipScorer.from_pretrained(
-        clip, dtype=model.dtype, device=model.device, select_layer=model.config.vision_feature_layer
-    )  # fmt: skip
+    scorer = None  # in-LLM methods rank tokens by the LLM's own attention: no CLIP
+    if entry.stage != "llm":
+        scorer = clip if isinstance(clip, ClipScorer) else ClipScorer.from_pretrained(
+            clip, dtype=model.dtype, device=model.device, select_layer=model.config.vision_feature_layer
+        )  # fmt: skip
     settings = PruneSettings(method, budget, scorer, positions, full_budget,
                              None if texts is None else list(texts), dict(options))  # fmt: skip
     state = getattr(model, ATTRIBUTE, None)
@@ -103,6 +106,7 @@ def remove_prune(model) -> None:
         return
     for handle in state.handles:
         handle.remove()
+    remove_pruning(language_parts(model).model)
     delattr(model, ATTRIBUTE)
 
 
@@ -120,6 +124,9 @@ def prune(model, processor, **settings):
             remove_prune(model)
         else:
             getattr(model, ATTRIBUTE).settings = previous_settings
+            remove_pruning(
+                language_parts(model).model
+            )  # the outer block's next prefill wraps them if it prunes in the LLM
 
 
 def _note_pixels(state: _PruneState):
@@ -148,6 +155,9 @@ def _rewrite(model, state: _PruneState):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         cached = cache is not None and cache.get_seq_length() > 0
         if not cached and ids is not None and bool((ids == token).any()):
+            if get_method(state.settings.method).stage == "llm":
+                _wrap_decoder_layers(model, state, token, ids)
+                return (), kwargs
             return (), _prefill(model, state, token, kwargs)
         if cached and state.prefill_mask is not None:
             return (), _decoding_step(state, kwargs)
@@ -226,6 +236,25 @@ def _prefill(model, state: _PruneState, token: int, kwargs: dict) -> dict:
     if kwargs.get("cache_position") is not None:  # transformers 4.x
         kwargs["cache_position"] = torch.arange(new_mask.shape[1], device=new_mask.device)
     return kwargs
+
+
+def _wrap_decoder_layers(model, state: _PruneState, token: int, ids: torch.Tensor) -> None:
+    """In-LLM methods: wrap the decoder layers with a plan for this prefill (the padded layout transformers
+    runs: each row's image tokens where the processor put them, the instruction ending at the last token)."""
+    settings = state.settings
+    decoder = language_parts(model).model
+    remove_pruning(decoder)
+    state.llm_state = None
+    is_image = ids == token
+    num_patches = int(is_image.sum(dim=1).max())
+    if settings.budget >= num_patches:
+        return
+    plan = get_method(settings.method).fn(settings.budget, decoder.config.num_hidden_layers, num_patches,
+                                          **settings.options)  # fmt: skip
+    starts = is_image.float().argmax(dim=1).tolist()
+    spans = [(start, start + num_patches) for start in starts]
+    state.llm_state = PruningState(plan, spans, [ids.shape[1] - 1] * ids.shape[0])
+    apply_pruning(decoder, state.llm_state)
 
 
 def _decoding_step(state: _PruneState, kwargs: dict) -> dict:

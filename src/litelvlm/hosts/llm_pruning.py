@@ -199,16 +199,21 @@ def visual_scores(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, state: P
     positions = state.positions
     batch, length, _ = hidden.shape
     visual = state.is_visual(positions)
-    valid = _valid_keys(kwargs, positions)  # [B, L] real (non-pad) tokens
     query_end = torch.tensor(state.query_ends, device=positions.device)[:, None]
+    end_rows = state.index_of(query_end)  # [B, 1]
+    valid = _valid_keys(kwargs, positions, end_rows[:, 0])  # [B, L] real (non-pad) tokens
     if rule == "last_token":
-        query_rows = state.index_of(query_end)
+        query_rows = end_rows
     elif rule == "text_raters":
         image_stop = torch.tensor([stop for _, stop in state.image_spans], device=positions.device)[:, None]
         text_after_image = valid & (positions >= image_stop) & (positions <= query_end)
         counts = text_after_image.sum(1)
         rows = torch.arange(length, device=hidden.device).expand(batch, -1)
         query_rows = torch.where(text_after_image, rows, rows + length).argsort(1)[:, : int(counts.max())]
+        # a row with fewer raters than the longest fills up with its instruction end (a real token; with left
+        # padding the next rows would be pads, whose attention over no valid key is NaN); weighted 0 below
+        slots = torch.arange(query_rows.shape[1], device=hidden.device)[None]
+        query_rows = torch.where(slots < counts[:, None], query_rows, end_rows)
     else:
         raise ValueError(f"unknown scoring rule {rule!r}")
     probabilities = attention_rows(layer, hidden, kwargs, query_rows, valid)  # [B, heads, Q, L]
@@ -224,11 +229,15 @@ def visual_scores(layer: nn.Module, hidden: torch.Tensor, kwargs: dict, state: P
     return (weights.unsqueeze(-1) * to_visual).sum(dim=1)
 
 
-def _valid_keys(kwargs: dict, positions: torch.Tensor) -> torch.Tensor:
+def _valid_keys(kwargs: dict, positions: torch.Tensor, query_end_rows: torch.Tensor) -> torch.Tensor:
+    """[B, L] the keys each row's instruction end may attend: its real tokens up to it. Read from that query's
+    row of the 4-d mask, not the diagonal: transformers unmasks fully masked rows (the pads' own rows) for SDPA,
+    so a left pad's diagonal says "attend" (later keys never matter: every query is at or before the end)."""
     mask = kwargs.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.dim() == 4:
-        diagonal = torch.diagonal(mask[:, 0], dim1=1, dim2=2)
-        return diagonal if diagonal.dtype == torch.bool else diagonal == 0
+        index = query_end_rows[:, None, None].expand(-1, 1, mask.shape[-1])
+        row = mask[:, 0].gather(1, index)[:, 0]
+        return row if row.dtype == torch.bool else row == 0
     return torch.ones(positions.shape, dtype=torch.bool, device=positions.device)
 
 
