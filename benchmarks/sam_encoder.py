@@ -10,6 +10,10 @@ Variants, interleaved round robin (median of --runs after one warm-up each):
   (isolates transformers' permuted-view issue);
 - litelvlm fused: `litelvlm.hosts.sam_encoder.encode_image`.
 Random weights (normal, std 0.02) at ViT-H's exact architecture (speed does not depend on weight values); no download.
+`--layers N` keeps ViT-H's width and cuts its depth (the last block stays global, as `litelvlm bench --sam-layers`);
+`--tiny` runs a 2-block, 64-wide encoder, only to check this script quickly (`benchmarks/gpu_check.sh --dry-run`).
+The report names the faster of "litelvlm fused" and "transformers sdpa", the two forwards
+`litelvlm.hosts.sam.default_sam_attention` chooses between, and that function's choice for the device.
 """
 
 from __future__ import annotations
@@ -23,10 +27,16 @@ import torch
 from transformers.models.sam.modeling_sam import SamVisionEncoder
 
 from litelvlm.bench import machine
-from litelvlm.hosts.sam import sam_vit_h_config
+from litelvlm.hosts.sam import SAM_VIT_H, default_sam_attention, sam_vit_h_config
 from litelvlm.hosts.sam_encoder import encode_image
-from litelvlm.io import write_atomic, write_json
+from litelvlm.io import format_json, write_atomic
 from litelvlm.memory import keep_freed_memory_for_reuse
+from litelvlm.synthetic.models import sam_depth_overrides
+
+# `--tiny`: two blocks (one windowed, one global) 64 wide, at SAM's 1024 px input.
+TINY = {"hidden_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2, "global_attn_indexes": (1,)}
+# The variants `default_sam_attention` chooses between, by its names.
+CHOICES = {"fused": "litelvlm fused", "sdpa": "transformers sdpa"}
 
 
 def contiguous_stream_forward(encoder: SamVisionEncoder, pixels: torch.Tensor) -> torch.Tensor:
@@ -49,17 +59,31 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--layers", type=int, help="this many encoder blocks at ViT-H's width (default: all 32)"
+    )
+    parser.add_argument("--tiny", action="store_true", help="a 2-block, 64-wide encoder (checks the script)")
     parser.add_argument("--json")
     parser.add_argument("--markdown")
     args = parser.parse_args()
+    if args.tiny and args.layers:
+        parser.error("--tiny and --layers exclude each other")
+    if args.layers is not None and not 1 <= args.layers <= SAM_VIT_H.num_hidden_layers:
+        parser.error(f"--layers must be from 1 to {SAM_VIT_H.num_hidden_layers}")
     keep_freed_memory_for_reuse()  # as the litelvlm CLI does
     dtype, device = getattr(torch, args.dtype), torch.device(args.device)
+    sizes = TINY if args.tiny else sam_depth_overrides(args.layers)
+    if args.tiny:
+        scale = "tiny, 2 blocks 64 wide"
+    else:
+        scale = f"{args.layers or SAM_VIT_H.num_hidden_layers}/{SAM_VIT_H.num_hidden_layers} blocks of ViT-H"
 
     torch.manual_seed(0)
     encoders = {}
     for attention in ("eager", "sdpa"):
         with torch.device(device):
-            encoders[attention] = SamVisionEncoder(sam_vit_h_config(attention).vision_config).to(dtype).eval()
+            config = sam_vit_h_config(attention, **sizes).vision_config
+            encoders[attention] = SamVisionEncoder(config).to(dtype).eval()
     with torch.no_grad():  # transformers zero-initialises the position tables; random values keep the
         for name, param in encoders["sdpa"].named_parameters():  # differences column meaningful
             param.normal_(0.0, 0.02)
@@ -107,12 +131,26 @@ def main() -> None:
         for name, times in seconds.items()
     ]
     command = "python benchmarks/sam_encoder.py " + " ".join(
-        f"--{key} {value}" for key, value in vars(args).items() if value is not None
+        f"--{key}" if value is True else f"--{key} {value}"
+        for key, value in vars(args).items()
+        if value is not None and value is not False
     )
+    medians = {choice: statistics.median(seconds[name]) for choice, name in CHOICES.items()}
+    faster = min(medians, key=medians.get)
+    slower = max(medians, key=medians.get)
+    default = default_sam_attention(device)
     report = {
         "rows": rows,
+        "faster": {
+            "choice": faster,
+            "variant": CHOICES[faster],
+            "speedup_over_other": medians[slower] / medians[faster],
+            "default_on_device": default,
+        },
         "config": {
             "model": "SAM ViT-H image encoder, random weights",
+            "scaled": bool(sizes),
+            "scale": scale,
             "device": device.type,
             "dtype": args.dtype,
             "runs": args.runs,
@@ -122,7 +160,8 @@ def main() -> None:
         },
     }
     lines = [
-        "# SAM ViT-H image encoder: transformers vs litelvlm's fused forward",
+        "# SAM ViT-H image encoder: transformers vs litelvlm's fused forward"
+        + ("" if not sizes else f" (SCALED: {scale})"),
         "",
         f"{device.type}, {args.dtype}, {report['config']['machine']['threads']} threads, torch "
         f"{torch.__version__}; median of {args.runs} runs after a warm-up; {report['config']['date']}.",
@@ -131,15 +170,25 @@ def main() -> None:
         "| variant | median s | speed-up vs transformers sdpa | relative difference vs transformers float32 |",
         "|---|---|---|---|",
         *(
-            f"| {r['variant']} | {r['median_s']:.2f} | {r['speedup_vs_transformers_sdpa']:.2f}x | "
+            f"| {r['variant']} | {r['median_s']:.3g} | {r['speedup_vs_transformers_sdpa']:.2f}x | "
             f"{r['relative_difference_vs_float32']:.1e} |"
             for r in rows
+        ),
+        "",
+        f"Faster of the two forwards litelvlm chooses between: {CHOICES[faster]} ({faster!r}), "
+        f"{medians[slower] / medians[faster]:.2f}x; `default_sam_attention({device.type!r})` is {default!r}"
+        + (
+            " (a scaled run: it says nothing about ViT-H)."
+            if sizes
+            else " (agrees)."
+            if default == faster
+            else " (disagrees: this measurement says to change it)."
         ),
         "",
     ]
     print("\n".join(lines))
     if args.json:
-        write_json(args.json, report)
+        write_atomic(args.json, format_json(report).encode())  # (io.write_json was removed as unused)
     if args.markdown:
         write_atomic(args.markdown, "\n".join(lines).encode())
 

@@ -43,6 +43,47 @@ def predictor(tiny_glamm_dir):
     return GroundingPredictor.from_pretrained(tiny_glamm_dir, dtype=torch.float32, device="cpu")
 
 
+# The device of the tests marked `device`: "cpu" by default, "cuda" on a GPU machine (benchmarks/gpu_check.sh).
+TEST_DEVICE_VARIABLE = "LITELVLM_TEST_DEVICE"
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """The device the `device`-marked tests run on (LITELVLM_TEST_DEVICE, default cpu); they compare with a CPU
+    reference. CUDA's float32 matrix products are kept in full float32 (no TF32) so 1e-4 tolerances hold."""
+    name = os.environ.get(TEST_DEVICE_VARIABLE, "cpu")
+    try:
+        chosen = torch.device(name)
+    except RuntimeError:
+        pytest.fail(f"{TEST_DEVICE_VARIABLE}={name!r} is not a torch device; use cpu or cuda.")
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            pytest.fail(
+                f"{TEST_DEVICE_VARIABLE}={name!r} but this machine (or torch build) has no CUDA device."
+            )
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return chosen
+
+
+def device_tolerance(device: torch.device, rtol: float, atol: float) -> dict:
+    """assert_close tolerances for a result on `device` against a CPU reference: the CPU test's own on a CPU,
+    at least 1e-4 elsewhere (other kernels sum in other orders)."""
+    if device.type == "cpu":
+        return {"rtol": rtol, "atol": atol}
+    return {"rtol": max(rtol, 1e-4), "atol": max(atol, 1e-4)}
+
+
+@pytest.fixture(scope="session")
+def device_predictor(device, predictor, tiny_glamm_dir):
+    """The tiny GLaMM in float32 on the test device, loaded as a user would; on a CPU the shared `predictor`."""
+    from litelvlm.hosts import GroundingPredictor
+
+    if device.type == "cpu":
+        return predictor
+    return GroundingPredictor.from_pretrained(tiny_glamm_dir, dtype=torch.float32, device=device)
+
+
 @pytest.fixture(scope="session")
 def scorer(tiny_clip_dir):
     from litelvlm.scoring import ClipScorer

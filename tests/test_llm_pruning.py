@@ -4,7 +4,7 @@ against transformers' own eager attention, [SEG] rows after dropping, batching, 
 import pytest
 import torch
 
-from conftest import capture_seg_states, matching_rows, random_image
+from conftest import capture_seg_states, device_tolerance, matching_rows, random_image
 from litelvlm.errors import LiteLVLMError
 from litelvlm.hosts.conversation import build_turns, render_conversation
 from litelvlm.hosts.glamm import GlammHost
@@ -48,6 +48,32 @@ def test_nothing_dropped_reproduces_the_unpruned_masks_exactly(predictor, pictur
     result = predictor.predict(EXPRESSIONS, budget=N if method == "sparsevlm" else 64, method=method, **ratio)
     assert result.tokens_per_layer == [N] * 4
     assert (result.masks == full.masks).all()
+
+
+@pytest.mark.device
+def test_on_the_device_each_method_keeps_the_cpu_tokens(device_predictor, predictor, picture, device):
+    """FastV and SparseVLM on the test device: the CPU run's tokens per layer, surviving patches,
+    [SEG] rows (1e-4 off the CPU) and masks. (On a CPU the device run is the reference: it only has to run.)"""
+    options = {"budget": 64, "budget_mode": "final"}
+
+    def run(model):
+        model.set_image(picture)
+        return {
+            method: capture_seg_states(model, EXPRESSIONS, method=method, **options)[:2]
+            for method in ("fastv", "sparsevlm")  # (pdrop ranks by the same rule as fastv)
+        }
+
+    on_device = run(device_predictor)
+    assert device_predictor.device.type == device.type
+    reference = on_device if device_predictor is predictor else run(predictor)
+    for method, (result, seg_rows) in on_device.items():
+        expected, expected_rows = reference[method]
+        assert result.tokens_per_layer == expected.tokens_per_layer, method
+        assert result.tokens_per_layer[-1] < N, method
+        assert [r.llm_kept for r in result.results] == [r.llm_kept for r in expected.results], method
+        assert seg_rows.device.type == device.type
+        torch.testing.assert_close(seg_rows.cpu(), expected_rows, **device_tolerance(device, 1.3e-6, 1e-5))
+        assert (result.masks == expected.masks).mean() > 0.999, method
 
 
 def test_the_mechanism_keeping_everything_is_the_identity(predictor, picture):

@@ -4,8 +4,11 @@ import pytest
 import torch
 
 import litelvlm.scoring
-from conftest import random_image
+from conftest import device_tolerance, random_image
 from litelvlm.errors import LiteLVLMError
+from litelvlm.hosts.model import load_grounding_model
+from litelvlm.hosts.registry import detect_host
+from litelvlm.hosts.sam import default_sam_attention
 
 
 class Counter:
@@ -147,3 +150,36 @@ def test_predict_batch_skips_images_given_none(predictor):
         predictor.predict_batch([None, None])
     with pytest.raises(LiteLVLMError, match="or None to skip it"):
         predictor.predict_batch([[], ["a dog"]])
+
+
+@pytest.mark.device
+def test_predict_on_the_device_matches_the_cpu(device_predictor, predictor, device):
+    """The tiny GLaMM loaded on the test device: SAM's encoder runs the device's default forward, and the image
+    embedding, the kept tokens and the masks are the CPU's. (On a CPU the device run is the reference.)"""
+    assert device_predictor.device.type == device.type
+    assert device_predictor.model.sam.fused_encoder == (default_sam_attention(device) == "fused")
+    picture = random_image(38, 240, 180)
+
+    def run(model):
+        model.set_image(picture)
+        result = model.predict(["the man in red", "white car"], budget=64, method="litelvlm")
+        return model._images.sam_embeddings, result
+
+    embeddings, result = run(device_predictor)
+    assert embeddings.device.type == device.type
+    expected_embeddings, expected = (embeddings, result) if device_predictor is predictor else run(predictor)
+    torch.testing.assert_close(
+        embeddings.cpu(), expected_embeddings, **device_tolerance(device, 1.3e-6, 1e-5)
+    )
+    assert [(r.indices, r.kinds) for r in result.results] == [(r.indices, r.kinds) for r in expected.results]
+    assert (result.masks == expected.masks).mean() > 0.999
+
+
+def test_the_loader_takes_the_sam_encoder_forward(tiny_glamm_dir):
+    """Default: the faster forward on the device (`default_sam_attention`); `sam_attention` overrides it."""
+    host, config = detect_host(tiny_glamm_dir)
+    with pytest.raises(LiteLVLMError, match="sam_attention must be one of fused, sdpa, eager, not 'flash'"):
+        load_grounding_model(tiny_glamm_dir, host, config, sam_attention="flash")
+    model = load_grounding_model(tiny_glamm_dir, host, config, dtype=torch.float32, sam_attention="eager")
+    assert not model.sam.fused_encoder
+    assert model.sam.config.vision_config._attn_implementation == "eager"

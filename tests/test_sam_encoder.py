@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers.models.sam.modeling_sam import SamVisionEncoder, SamVisionLayer
 
-from litelvlm.hosts.sam import build_grounding_sam, sam_vit_h_config
+from conftest import device_tolerance
+from litelvlm.hosts.sam import build_grounding_sam, default_sam_attention, sam_vit_h_config
 from litelvlm.hosts.sam_encoder import attention, encode_image, layer_forward, relative_position_terms
 
 
@@ -128,6 +129,38 @@ def test_grounding_sam_switches_encoder_forward():
     assert not eager.fused_encoder and eager.config.vision_config._attn_implementation == "eager"
     with pytest.raises(ValueError, match="'flash'"):
         build_grounding_sam("flash")
+
+
+@pytest.mark.device
+def test_both_forwards_on_the_device_match_the_cpu(device):
+    """A windowed (padded) and a global block on the test device: litelvlm's fused forward and transformers' SDPA
+    forward equal transformers' forward on the CPU in float32, and stay within bfloat16 rounding of it in bf16."""
+    sam = build_grounding_sam(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, global_attn_indexes=(1,)
+    )
+    _randomise(sam.vision_encoder, seed=12)
+    pixels = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        expected = sam.vision_encoder(pixels).last_hidden_state
+    sam.to(device)
+    for fused in (True, False):
+        sam.fused_encoder = fused
+        float32 = sam.embed_image(pixels.to(device))
+        assert float32.device.type == device.type
+        torch.testing.assert_close(float32.cpu(), expected, **device_tolerance(device, 1e-4, 1e-4))
+    sam.to(torch.bfloat16)
+    errors = {}
+    for fused in (True, False):
+        sam.fused_encoder = fused
+        errors[fused] = (sam.embed_image(pixels.to(device)).float().cpu() - expected).abs().mean()
+    bound = 0.02 * expected.abs().mean()  # each error is 0.0066 of the mean on a CPU
+    assert max(errors.values()) < bound, (errors, bound)
+
+
+def test_the_default_forward_depends_on_the_device():
+    assert default_sam_attention("cpu") == default_sam_attention(torch.device("cpu")) == "fused"
+    assert default_sam_attention("cuda") == default_sam_attention("cuda:1") == "sdpa"  # no device needed
+    assert build_grounding_sam(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).fused_encoder
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

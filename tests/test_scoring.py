@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import device_tolerance
 from litelvlm.errors import LiteLVLMError
 from litelvlm.scoring import ClipScorer
 from reference import clip_reference_scores
@@ -25,6 +26,28 @@ def test_scores_match_hooked_reference(scorer, images):
     torch.testing.assert_close(scores.context, context, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(scores.similarity, similarity, rtol=1e-4, atol=1e-4)
     assert scores.similarity.shape == (2, 2, 576) and scores.text_mask is None
+
+
+@pytest.mark.device
+def test_scores_on_the_device_match_the_cpu_reference(tiny_clip_dir, scorer, images, device):
+    """The scorer loaded on the test device: every score field equals the hooked reference run on the CPU."""
+    on_device = scorer if device.type == "cpu" else ClipScorer.from_pretrained(tiny_clip_dir, device=device)
+    assert on_device.device.type == device.type
+    pixels = scorer.pixel_values(images[:2])
+    scores = on_device.score(TEXTS, features=on_device.encode_image(pixels), shared_texts=True)
+    assert scores.similarity.device.type == device.type
+    tokens = scorer.tokenizer(TEXTS, padding=True, return_tensors="pt")
+    hidden, context, similarity = clip_reference_scores(
+        scorer.model, pixels, tokens["input_ids"], tokens["attention_mask"]
+    )
+    torch.testing.assert_close(scores.features.cpu(), hidden[:, 1:], **device_tolerance(device, 1.3e-6, 1e-5))
+    torch.testing.assert_close(scores.context.cpu(), context, **device_tolerance(device, 1e-4, 1e-7))
+    torch.testing.assert_close(scores.similarity.cpu(), similarity, **device_tolerance(device, 1e-4, 1e-4))
+    reference = scorer.score(needs={"cls_attention", "keys"}, features=scorer.encode_image(pixels))
+    for name in ("cls_attention", "keys"):
+        torch.testing.assert_close(
+            getattr(scores, name).cpu(), getattr(reference, name), **device_tolerance(device, 1e-5, 1e-6)
+        )
 
 
 def test_text_embeds_equal_clip_text_features(scorer):

@@ -1,8 +1,12 @@
 """Before-LLM baselines against plain references, and properties every method must have."""
 
+import dataclasses
+import itertools
+
 import pytest
 import torch
 
+from conftest import device_tolerance
 from litelvlm.selection import KIND_NAMES, TokenScores, list_methods, select_tokens
 from litelvlm.selection.baselines import uniform_indices
 from litelvlm.selection.visionzip import visionzip_split
@@ -79,6 +83,33 @@ def test_deterministic_and_full_budget_identity(method):
     full = select_tokens(method, scores, N)
     assert torch.equal(full.indices, torch.arange(N).expand(3, -1))
     assert full.features is None and set(full.kinds.flatten().tolist()) == {KIND_NAMES.index("kept")}
+
+
+def on_device(scores, device):
+    """`scores` with every tensor on `device` (the grid encoder's output too)."""
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    fields = ("similarity", "text_mask", "context", "cls_attention", "features", "keys")
+    moved = {name: move(getattr(scores, name)) for name in (*fields, "last_cls_attention", "last_keys")}
+    encode = scores.encode_grid
+    return dataclasses.replace(scores, **moved, encode_grid=lambda coarse: encode(coarse).to(device))
+
+
+@pytest.mark.device
+def test_every_method_on_the_device_equals_the_cpu(device):
+    """Each before-LLM method on scores on the test device: the CPU's indices, kinds and merged features."""
+    scores = random_scores()
+    moved = on_device(scores, device)
+    for method, budget in itertools.product(list_methods("vision"), (7, 64)):
+        expected = select_tokens(method, scores, budget)
+        selection = select_tokens(method, moved, budget)
+        assert selection.indices.device.type == device.type, method
+        assert torch.equal(selection.indices.cpu(), expected.indices), (method, budget)
+        assert torch.equal(selection.kinds.cpu(), expected.kinds), (method, budget)
+        assert (selection.features is None) == (expected.features is None), method
+        if expected.features is not None:
+            torch.testing.assert_close(
+                selection.features.cpu(), expected.features, **device_tolerance(device, 1.3e-6, 1e-5)
+            )
 
 
 def test_random_is_reproducible_under_a_seed():

@@ -1,5 +1,8 @@
 """LiteLVLM selection against a plain reference of DESIGN.md section 1, on real (tiny) CLIP scores."""
 
+import dataclasses
+import itertools
+
 import pytest
 import torch
 
@@ -41,6 +44,25 @@ def test_low_similarity_share_matches_reference(clip_scores, share):
             scores.similarity[0].tolist(), scores.context[0].tolist(), budget, "paper", share
         )
         assert selection.indices[0].tolist() == expected
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("order", ["paper", "raster"])
+def test_selection_on_the_device_matches_the_reference(clip_scores, device, order):
+    """Scores on the test device: the same indices as the plain reference, kinds as on the CPU, on the device."""
+    for num_texts, scores in clip_scores.items():
+        moved = dataclasses.replace(
+            scores, similarity=scores.similarity.to(device), context=scores.context.to(device)
+        )
+        similarity, context = scores.similarity[0].tolist(), scores.context[0].tolist()
+        for budget, share in itertools.product((1, 2, 7, 64, 128, 192, 575, 576), (1.0, 0.5)):
+            selection = select_tokens("litelvlm", moved, budget, order=order, low_similarity_share=share)
+            case = (num_texts, budget, share)
+            assert selection.indices.device.type == device.type, case
+            expected = litelvlm_reference(similarity, context, budget, order, share)
+            assert selection.indices[0].tolist() == expected, case
+            on_cpu = select_tokens("litelvlm", scores, budget, order=order, low_similarity_share=share)
+            assert torch.equal(selection.kinds.cpu(), on_cpu.kinds), case
 
 
 def test_kinds_and_split_sizes(clip_scores):

@@ -30,7 +30,13 @@ from ..checkpoints import check_device, reason_of, size_mismatch
 from ..errors import LiteLVLMError
 from .checkpoint_files import Shapes, iter_shards, layer_count, tensor_index, weight_files
 from .host import Host, HostConfig
-from .sam import build_grounding_sam, infer_sam_overrides, meta_to_hf_sam_key
+from .sam import (
+    SAM_ATTENTIONS,
+    build_grounding_sam,
+    default_sam_attention,
+    infer_sam_overrides,
+    meta_to_hf_sam_key,
+)
 from .tokenizer import LegacyLlamaTokenizer
 
 EMBEDDINGS_KEY = "model.embed_tokens.weight"
@@ -90,8 +96,13 @@ def load_grounding_model(
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     tokenizer: LegacyLlamaTokenizer | None = None,
+    sam_attention: str | None = None,
 ) -> GroundingModel:
     """Build the host's model empty, then stream the checkpoint in shard by shard (cast to `dtype` on `device`).
+
+    sam_attention: SAM's image-encoder forward ("fused", "sdpa" or "eager", as `build_grounding_sam` takes it);
+    None: the faster one on `device` (`default_sam_attention`). A loaded model switches between "fused" and
+    "sdpa" with `model.sam.fused_encoder`.
 
     `config` is the directory's config.json. Before any weight is read: the device must exist, config.json's
     fields must have the right kinds and agree with the weights' shapes, and the tokenizer must fit the embedding
@@ -102,6 +113,12 @@ def load_grounding_model(
     from accelerate.utils import set_module_tensor_to_device
 
     device = check_device(device)
+    if sam_attention is None:
+        sam_attention = default_sam_attention(device)
+    elif sam_attention not in SAM_ATTENTIONS:
+        raise LiteLVLMError(
+            f"sam_attention must be one of {', '.join(SAM_ATTENTIONS)}, not {sam_attention!r}."
+        )
     directory = Path(directory)
     where = repr(str(directory / "config.json"))
     parsed = host.parse_config(config, where)
@@ -119,7 +136,9 @@ def load_grounding_model(
         )
     tokenizer.check_fits(rows, f"{EMBEDDINGS_KEY} in {str(found[EMBEDDINGS_KEY][1])!r}")
     shapes = {key: shape for key, (shape, _) in found.items()}
-    parsed = replace(parsed, sam=infer_sam_overrides(shapes, host.sam_prefix))
+    parsed = replace(
+        parsed, sam={**infer_sam_overrides(shapes, host.sam_prefix), "vision_attention": sam_attention}
+    )
     try:
         with init_empty_weights(include_buffers=False):
             model = GroundingModel(host, parsed, vocab_size=rows)

@@ -10,7 +10,8 @@ Numerics: the module runs in its own dtype (bf16 for parity with the hosts' bf16
 positional encoding, without autocast; only `postprocess_masks` works in fp32. The image encoder runs through
 `sam_encoder.encode_image` (same weights and mathematics as transformers' forward, 1.8x faster on a 2-core CPU; softmax
 in the module dtype, as Meta's bf16 SAM) unless `fused_encoder=False`; the mask decoder's attention is eager
-(explicit softmax, as in Meta's code).
+(explicit softmax, as in Meta's code). Which encoder forward is the default depends on the device:
+`default_sam_attention`.
 """
 
 from __future__ import annotations
@@ -252,10 +253,28 @@ def _preview(keys: list[str], limit: int = 5) -> str:
     return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+SAM_ATTENTIONS = ("fused", "sdpa", "eager")
+
+
+def default_sam_attention(device: str | torch.device) -> str:
+    """The SAM image-encoder forward that runs fastest on `device`'s type: "fused" (litelvlm's own forward) or
+    "sdpa" (transformers' layers with SDPA), as `build_grounding_sam(vision_attention=...)` takes it.
+
+    CPU: "fused", measured 1.80x faster than "sdpa" for ViT-H in bf16 on 2 cores
+    (`benchmarks/results/sam_encoder_cpu_bf16.md`); its gains (cache-sized score blocks, GELU inside oneDNN's
+    GEMM) are CPU-specific. CUDA: "sdpa" until a CUDA measurement says otherwise (`benchmarks/gpu_check.sh`
+    measures both and its summary line says which was faster): there SDPA runs the global blocks' attention as one
+    memory-efficient kernel with the bias as its mask, where the fused forward issues one small GEMM + softmax per
+    head and query block. Other device types (not measured): "fused", the forward tested most.
+    """
+    return "sdpa" if torch.device(device).type == "cuda" else "fused"
+
+
 def build_grounding_sam(vision_attention: str = "fused", **overrides) -> GroundingSam:
     """GroundingSam of SAM ViT-H (`sam_vit_h_config` overrides). vision_attention: "fused" (litelvlm's own
-    image-encoder forward, the default), or "sdpa" / "eager" (transformers' layers with that attention)."""
-    if vision_attention not in ("fused", "sdpa", "eager"):
+    image-encoder forward, the default), or "sdpa" / "eager" (transformers' layers with that attention); the
+    checkpoint loader passes `default_sam_attention(device)`."""
+    if vision_attention not in SAM_ATTENTIONS:
         raise ValueError(f"vision_attention must be 'fused', 'sdpa' or 'eager', not {vision_attention!r}")
     fused = vision_attention == "fused"
     config = sam_vit_h_config("sdpa" if fused else vision_attention, **overrides)
