@@ -246,6 +246,9 @@ def test_plans_meet_their_budgets():
         get_method("fastv").fn(30, 32, N)
     with pytest.raises(LiteLVLMError, match="budget_mode"):
         get_method("pdrop").fn(64, 32, N, budget_mode="mean")
+    for name in ("fastv", "pdrop", "sparsevlm"):  # one layer: no earlier attention to rank by (was a KeyError)
+        with pytest.raises(LiteLVLMError, match=r"at least 2 decoder layers .*, got 1;"):
+            get_method(name).fn(64, 1, N, budget_mode="final")
 
 
 def test_in_llm_methods_refuse_the_pure_selector():

@@ -51,7 +51,17 @@ class PruningPlan:
 
 def scaled_layer(reference_layer: int, num_layers: int) -> int:
     """A published layer index (for 32 layers) at another depth; at least 1 (layer 0 has no earlier scores)."""
+    check_depth(num_layers)
     return min(num_layers - 1, max(1, round(reference_layer * num_layers / REFERENCE_LAYERS)))
+
+
+def check_depth(num_layers: int) -> None:
+    """In-LLM methods drop tokens before a layer by the attention of the layer before it: two layers at least."""
+    if num_layers < 2:
+        raise LiteLVLMError(
+            f"in-LLM methods need an LLM of at least 2 decoder layers (they rank tokens by an earlier layer's "
+            f"attention), got {num_layers}; use a deeper model (e.g. --llm-layers 2)."
+        )
 
 
 def _check_mode(budget_mode: str) -> None:
@@ -106,6 +116,7 @@ def fastv_plan(
         raise LiteLVLMError(
             f"fastv layer K must be at least 1 (layer 0 has no earlier attention), got {layer}."
         )
+    check_depth(num_layers)
     layer = min(layer, num_layers - 1)  # depth-scaled models (benchmarks) may have fewer layers than K
     if ratio is not None:
         if not 0.0 <= ratio <= 1.0:

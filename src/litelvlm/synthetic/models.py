@@ -14,7 +14,7 @@ import torch
 from ..hosts.host import Host, HostConfig
 from ..hosts.model import random_grounding_model
 from ..hosts.predictor import GroundingPredictor
-from ..hosts.sam import SAM_VIT_H
+from ..hosts.sam import SAM_VIT_H, default_sam_attention
 from ..hosts.tokenizer import LegacyLlamaTokenizer
 from .clip import FULL_SIZE_CLIP, random_clip
 from .llama_tokenizer import write_tiny_llama_tokenizer
@@ -54,13 +54,15 @@ def random_predictor(
     *,
     llm_layers: int | None = None,
     sam_layers: int | None = None,
-    sam_attention: str = "fused",
+    sam_attention: str | None = None,
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> GroundingPredictor:
     """A GroundingPredictor at the host's 7B architecture with random weights; the tokenizer is a small
-    SentencePiece model with the host's added tokens (ids stay below the embedding's rows)."""
+    SentencePiece model with the host's added tokens (ids stay below the embedding's rows). sam_attention:
+    None takes the device's faster SAM encoder forward (`default_sam_attention`)."""
+    sam_attention = sam_attention or default_sam_attention(device)
     model = random_grounding_model(
         host,
         full_size_config(host, llm_layers, sam_layers, sam_attention),
