@@ -181,3 +181,13 @@ def test_bad_input_is_one_sentence(llava, pictures, tiny_glamm_dir):
         llava.answer(["a", "b"], images=[0, 5])
     with pytest.raises(LiteLVLMError, match="not LlavaForConditionalGeneration"):
         LlavaPredictor.from_pretrained(tiny_glamm_dir, clip=tiny_glamm_dir, device="cpu")
+
+
+def test_a_llava_checkpoint_given_to_segmentation_says_where_it_belongs(llava, tmp_path, capsys):
+    from litelvlm.cli import main
+
+    directory = llava.model.name_or_path
+    random_image(9).save(tmp_path / "x.png")
+    code = main(["segment", "--model", directory, "--image", str(tmp_path / "x.png"), "--text", "a dog", "--out",
+                 str(tmp_path / "m.png")])  # fmt: skip
+    assert code == 2 and "litelvlm answer" in capsys.readouterr().err

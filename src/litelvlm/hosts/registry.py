@@ -56,6 +56,11 @@ def detect_host(directory: str | os.PathLike) -> tuple[Host, dict]:
     if len(found) == 1:
         return found[0], config
     first, *others = HOSTS.values()
+    if config.get("model_type") == "llava":  # answers in text, not masks: its own host
+        raise LiteLVLMError(
+            f"{str(directory)!r} is a transformers LLaVA, which answers in text rather than masks; run it with "
+            "`litelvlm answer`, `litelvlm eval --task rec|vqa` or litelvlm.hosts.llava.LlavaPredictor."
+        )
     described = f"architectures {config.get('architectures')!r}, model_type {config.get('model_type')!r}"
     nor = ", nor a ".join(host.display_name for host in others)
     examples = " or ".join(host.example_checkpoint for host in HOSTS.values())
