@@ -140,12 +140,12 @@ def test_prune_context_manager_runs_in_llm_methods_like_the_host(llava, pictures
     """In-LLM methods inside the block: transformers' own left-padded prefill with the decoder layers wrapped;
     the same tokens and the same surviving patches as the host's right-padded run."""
     model = llava.model
-    layers = list(model.model.language_model.layers)
+    layers = model.model.language_model.layers
     inputs = processor_inputs(llava, pictures, QUESTIONS)
     with litelvlm.prune(model, llava.processor, method=method, budget=8, budget_mode="final") as state:
         generated = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
         pruned = state.llm_state
-    assert list(model.model.language_model.layers) == layers  # the original layer objects are back
+    assert model.model.language_model.layers is layers  # the original ModuleList object is back
     llava.set_image(pictures)
     ours = llava.answer(QUESTIONS, method=method, budget=8, budget_mode="final", max_new_tokens=NEW_TOKENS)
     assert new_tokens(generated, inputs, llava.tokenizer.eos_token_id) == [a.tokens for a in ours.answers]
@@ -191,3 +191,39 @@ def test_a_llava_checkpoint_given_to_segmentation_says_where_it_belongs(llava, t
     code = main(["segment", "--model", directory, "--image", str(tmp_path / "x.png"), "--text", "a dog", "--out",
                  str(tmp_path / "m.png")])  # fmt: skip
     assert code == 2 and "litelvlm answer" in capsys.readouterr().err
+
+
+def test_prune_without_cache_and_with_beams(llava, pictures):
+    """use_cache=False re-runs the prompt at every step: the prompt's selection is kept, so the tokens equal the
+    cached run's. Beam search repeats each prompt's row: it equals beam search over hand-built inputs_embeds."""
+    model = llava.model
+    inputs = processor_inputs(llava, pictures, QUESTIONS)
+    with litelvlm.prune(model, llava.processor, method="litelvlm", budget=8, clip=llava.scorer) as state:
+        cached = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+        uncached = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, use_cache=False)
+        one = processor_inputs(llava, pictures[:1], QUESTIONS[:1])
+        beams = model.generate(**one, max_new_tokens=NEW_TOKENS, num_beams=2, num_return_sequences=2,
+                               do_sample=False)  # fmt: skip
+        kept = state.last_kept[0].tolist()
+    assert torch.equal(cached, uncached)
+    assert state.last_kept.shape[0] == 2 and torch.equal(state.last_kept[0], state.last_kept[1])
+    ids = one["input_ids"][0]
+    where = (ids == llava.image_token_id).nonzero()[:, 0]
+    start, stop = int(where[0]), int(where[-1]) + 1
+    hidden = model.model.vision_tower(one["pixel_values"], output_hidden_states=True).hidden_states
+    visual = model.model.multi_modal_projector(hidden[model.config.vision_feature_layer][0, 1:][kept])
+    embed = model.get_input_embeddings()
+    embeds = torch.cat([embed(ids[:start]), visual, embed(ids[stop:])])[None]
+    reference = model.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                               max_new_tokens=NEW_TOKENS, num_beams=2, num_return_sequences=2, do_sample=False)  # fmt: skip
+    assert beams[:, ids.shape[0] :].tolist() == reference.tolist()
+
+
+def test_prune_refuses_other_models(llava):
+    with (
+        pytest.raises(
+            LiteLVLMError, match="takes a transformers LlavaForConditionalGeneration, got a Linear"
+        ),
+        litelvlm.prune(torch.nn.Linear(2, 2), llava.processor, method="litelvlm", budget=8),
+    ):
+        pass

@@ -11,6 +11,7 @@ for both.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -108,6 +109,23 @@ def image_patches(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return output.hidden_states[model.config.vision_feature_layer][:, 1:]
 
 
+def warn_if_other_tower(scorer: ClipScorer, model) -> None:
+    """A warning when the CLIP checkpoint's vision weights are not LLaVA's tower's (compared on the patch
+    embedding): the scores would then rank patches of another image encoder than the one the LLM reads."""
+    tower = vision_parts(model).tower
+    theirs = getattr(tower, "vision_model", tower).embeddings.patch_embedding.weight
+    ours = scorer.vision.embeddings.patch_embedding.weight
+    if ours.shape != theirs.shape or not torch.allclose(
+        ours.float().cpu(), theirs.float().cpu(), rtol=1e-2, atol=1e-3
+    ):
+        warnings.warn(
+            "the CLIP checkpoint's vision weights differ from LLaVA's vision tower, so CLIP ranks the patches of "
+            "another encoder than the one the LLM reads; pass the CLIP checkpoint LLaVA was built on "
+            f"({DEFAULT_CLIP} for LLaVA-1.5) unless that is intended.",
+            stacklevel=3,
+        )
+
+
 def check_llava_config(config, where: str) -> None:
     """Refuse what this host does not handle, naming the field (one image token per patch, CLS dropped)."""
     strategy = getattr(config, "vision_feature_select_strategy", "default")
@@ -151,6 +169,7 @@ class LlavaPredictor:
                 cli_message=f"the CLIP checkpoint works at {clip.image_size} px but LLaVA's tower at "
                 f"{vision.image_size} px; pass the CLIP LLaVA was built on with --clip.",
             )
+        warn_if_other_tower(scorer, model)
         self._images: _Images | None = None
         self.image_timings: dict[str, float] = {}
 

@@ -28,7 +28,14 @@ import torch
 from ..errors import LiteLVLMError
 from ..scoring import DEFAULT_CLIP, ClipScorer
 from ..selection import check_budget, check_full_budget, check_options, get_method, run_selection
-from .llava import check_llava_config, image_patches, image_token_id, language_parts, vision_parts
+from .llava import (
+    check_llava_config,
+    image_patches,
+    image_token_id,
+    language_parts,
+    vision_parts,
+    warn_if_other_tower,
+)
 from .llm import POSITIONS
 from .llm_pruning import PruningState, apply_pruning, remove_pruning
 
@@ -61,9 +68,13 @@ class _PruneState:
     removed: int = 0  # N - K: visual tokens taken out of every row
     position_shift: int = 0  # what decoding position ids lose (N - K compact, 0 original)
     last_kept: torch.Tensor | None = None  # [B, K] the last prefill's kept patch indices (before-LLM methods)
-    llm_state: PruningState | None = (
-        None  # in-LLM methods: the last prefill's pruning state (`kept` per layer)
-    )
+    # in-LLM methods: the last prefill's pruning state (`kept` per layer)
+    llm_state: PruningState | None = None
+    # The last prefill's ids and selection: without a KV cache generate re-runs the prompt plus the tokens
+    # generated so far at every step, and must keep the prompt's selection (the pixels stay noted for it).
+    last_ids: torch.Tensor | None = None
+    last_selection: object = None
+    own_call: bool = False  # the hooks' own projector call is running
 
 
 def apply_prune(model, processor, *, method: str = "litelvlm", budget: int, clip=DEFAULT_CLIP,
@@ -71,6 +82,11 @@ def apply_prune(model, processor, *, method: str = "litelvlm", budget: int, clip
     """Install pruning on a LlavaForConditionalGeneration instance (see the module docstring). clip: a CLIP
     checkpoint (directory or hub id) or a loaded ClipScorer; texts: CLIP's text per batch row (default: each
     prompt's text after the image, without the generation prompt)."""
+    if getattr(getattr(model, "config", None), "model_type", None) != "llava":
+        raise LiteLVLMError(
+            f"litelvlm.prune takes a transformers LlavaForConditionalGeneration, got a {type(model).__name__}; pass "
+            "the model loaded with LlavaForConditionalGeneration.from_pretrained."
+        )
     entry = get_method(method)
     check_options(entry, options)
     check_full_budget(full_budget)
@@ -83,6 +99,8 @@ def apply_prune(model, processor, *, method: str = "litelvlm", budget: int, clip
         scorer = clip if isinstance(clip, ClipScorer) else ClipScorer.from_pretrained(
             clip, dtype=model.dtype, device=model.device, select_layer=model.config.vision_feature_layer
         )  # fmt: skip
+    if scorer is not None:
+        warn_if_other_tower(scorer, model)
     settings = PruneSettings(method, budget, scorer, positions, full_budget,
                              None if texts is None else list(texts), dict(options))  # fmt: skip
     state = getattr(model, ATTRIBUTE, None)
@@ -134,13 +152,15 @@ def _note_pixels(state: _PruneState):
         pixels = args[0] if args else kwargs.get("pixel_values")
         state.pixel_values = pixels
         state.patches = None
+        state.last_ids = None  # a new image: the next prompt is a new prefill
 
     return hook
 
 
 def _note_patches(state: _PruneState):
     def hook(module, args, output):
-        state.patches = args[0]
+        if not state.own_call:
+            state.patches = args[0]
 
     return hook
 
@@ -177,8 +197,15 @@ def _prefill(model, state: _PruneState, token: int, kwargs: dict) -> dict:
         state.pixel_values, state.patches = pixels, image_patches(model, pixels)
     if state.pixel_values is None or state.patches is None:
         raise LiteLVLMError("the prompt holds image tokens but no image was given; pass pixel_values.")
-    patches = state.patches
-    patches = patches if patches.dim() == 3 else patches.view(batch_size, -1, patches.shape[-1])
+    patches, pixel_values = state.patches, state.pixel_values
+    if patches.dim() == 2:  # a flat [images * N, D]
+        patches = patches.view(pixel_values.shape[0], -1, patches.shape[-1])
+    if patches.shape[0] and batch_size != patches.shape[0] and batch_size % patches.shape[0] == 0:
+        repeats = batch_size // patches.shape[0]  # beams / num_return_sequences: generate repeats each prompt
+        patches, pixel_values = (
+            patches.repeat_interleave(repeats, 0),
+            pixel_values.repeat_interleave(repeats, 0),
+        )
     num_patches = patches.shape[1]
     is_image = ids == token
     counts = is_image.sum(dim=1)
@@ -188,21 +215,20 @@ def _prefill(model, state: _PruneState, token: int, kwargs: dict) -> dict:
             f"{patches.shape[0]} images of {num_patches} patches."
         )
     starts = is_image.float().argmax(dim=1)
-    budget = min(settings.budget, num_patches)
-    entry = get_method(settings.method)
-    features = settings.scorer.encode_image(state.pixel_values)
-    texts = settings.texts if settings.texts is not None else [_prompt_text(state, row, start + num_patches)
-                                                                for row, start in zip(ids, starts.tolist())]  # fmt: skip
-    if len(texts) != batch_size:
-        raise LiteLVLMError(
-            f"litelvlm.prune got {len(texts)} texts for a batch of {batch_size}; pass one per prompt."
-        )
-    needs = entry.needs
-    scores = settings.scorer.score([[t] for t in texts] if "similarity" in needs else (), needs, features)
-    selection = run_selection(entry, scores, budget, settings.full_budget, settings.options)
+    if _continues_last_prompt(
+        state, ids
+    ):  # use_cache=False: every step re-runs the prompt plus what came since
+        selection = state.last_selection
+    else:
+        selection = _select(state, ids, pixel_values, starts, num_patches)
+        state.last_ids, state.last_selection = ids, selection
     kept = selection.indices.to(ids.device)
     state.last_kept = kept
-    visual = vision_parts(model).projector(selection.gather(patches))  # [B, K, H]
+    state.own_call = True  # the projector hook must not take the kept tokens for the next image's patches
+    try:
+        visual = vision_parts(model).projector(selection.gather(patches))  # [B, K, H]
+    finally:
+        state.own_call = False
     embed = language_parts(model).model.embed_tokens
     embeds = embed(ids.masked_fill(is_image, 0))
     mask = kwargs.get("attention_mask")
@@ -226,7 +252,6 @@ def _prefill(model, state: _PruneState, token: int, kwargs: dict) -> dict:
     state.prefill_mask, state.original_length = new_mask, length
     state.removed = num_patches - kept.shape[1]
     state.position_shift = state.removed if settings.positions == "compact" else 0
-    state.pixel_values = state.patches = None  # the next call brings its own image
     kwargs = {
         key: value
         for key, value in kwargs.items()
@@ -238,6 +263,38 @@ def _prefill(model, state: _PruneState, token: int, kwargs: dict) -> dict:
     return kwargs
 
 
+def _select(state: _PruneState, ids: torch.Tensor, pixel_values: torch.Tensor, starts: torch.Tensor,
+            num_patches: int):  # fmt: skip
+    """The kept visual tokens of every row: CLIP on the call's pixels against each prompt's text."""
+    settings = state.settings
+    batch_size = ids.shape[0]
+    budget = min(settings.budget, num_patches)
+    entry = get_method(settings.method)
+    features = settings.scorer.encode_image(pixel_values)
+    texts = settings.texts if settings.texts is not None else [_prompt_text(state, row, start + num_patches)
+                                                                for row, start in zip(ids, starts.tolist())]  # fmt: skip
+    if len(texts) != batch_size:
+        raise LiteLVLMError(
+            f"litelvlm.prune got {len(texts)} texts for a batch of {batch_size}; pass one per prompt."
+        )
+    needs = entry.needs
+    scores = settings.scorer.score([[t] for t in texts] if "similarity" in needs else (), needs, features)
+    selection = run_selection(entry, scores, budget, settings.full_budget, settings.options)
+    return selection
+
+
+def _continues_last_prompt(state: _PruneState, ids: torch.Tensor) -> bool:
+    """Whether `ids` is the last prefill's prompt plus generated tokens, with no new image in between (generate
+    without a KV cache)."""
+    last = state.last_ids
+    return (
+        last is not None
+        and ids.shape[0] == last.shape[0]
+        and ids.shape[1] > last.shape[1]
+        and torch.equal(ids[:, : last.shape[1]], last)
+    )
+
+
 def _wrap_decoder_layers(model, state: _PruneState, token: int, ids: torch.Tensor) -> None:
     """In-LLM methods: wrap the decoder layers with a plan for this prefill (the padded layout transformers
     runs: each row's image tokens where the processor put them, the instruction ending at the last token)."""
@@ -245,6 +302,13 @@ def _wrap_decoder_layers(model, state: _PruneState, token: int, ids: torch.Tenso
     decoder = language_parts(model).model
     remove_pruning(decoder)
     state.llm_state = None
+    prompt_end = (
+        ids.shape[1] - 1
+    )  # without a KV cache every step re-runs the prompt: rank by its end, as cached
+    if _continues_last_prompt(state, ids):
+        prompt_end = state.last_ids.shape[1] - 1
+    else:
+        state.last_ids = ids
     is_image = ids == token
     num_patches = int(is_image.sum(dim=1).max())
     if settings.budget >= num_patches:
@@ -253,7 +317,7 @@ def _wrap_decoder_layers(model, state: _PruneState, token: int, ids: torch.Tenso
                                           **settings.options)  # fmt: skip
     starts = is_image.float().argmax(dim=1).tolist()
     spans = [(start, start + num_patches) for start in starts]
-    state.llm_state = PruningState(plan, spans, [ids.shape[1] - 1] * ids.shape[0])
+    state.llm_state = PruningState(plan, spans, [prompt_end] * ids.shape[0])
     apply_pruning(decoder, state.llm_state)
 
 

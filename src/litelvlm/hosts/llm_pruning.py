@@ -284,7 +284,7 @@ def apply_pruning(model: nn.Module, state: PruningState) -> None:
     """Wrap every decoder layer of a LlamaModel (idempotent: re-applying replaces the state)."""
     if hasattr(model, ATTRIBUTE):
         remove_pruning(model)
-    originals = list(model.layers)
+    originals = model.layers  # the ModuleList object itself comes back on removal
     model.layers = nn.ModuleList(_PruningLayer(layer, index, state) for index, layer in enumerate(originals))
     setattr(model, ATTRIBUTE, (originals, state))
 
@@ -294,7 +294,7 @@ def remove_pruning(model: nn.Module) -> None:
     if not hasattr(model, ATTRIBUTE):
         return
     originals, _ = getattr(model, ATTRIBUTE)
-    model.layers = nn.ModuleList(originals)
+    model.layers = originals
     delattr(model, ATTRIBUTE)
 
 
