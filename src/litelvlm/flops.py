@@ -1,4 +1,5 @@
-"""Analytical FLOPs of each stage of a grounding host (a multiply-add counts 2), for the FLOP-ideal speed-up.
+"""Analytical FLOPs of each stage of a grounding host (GLaMM, LISA) or of LLaVA (a multiply-add counts 2), for the
+FLOP-ideal speed-up.
 
 Counts what our implementation computes: matrix products of every linear layer, the attention score and
 weighted-sum products (the full L x L square, as SDPA's math path computes it; causal kernels skip about half),
@@ -43,6 +44,7 @@ class PipelineDims:
     llm_width: int = 4096
     llm_mlp: int = 11008
     llm_layers: int = 32
+    llm_vocab: int = 32064  # LM head rows (LLaVA-1.5's padded vocabulary); only `llava_stages` reads it
     projector_macs: int = 1024 * 4096 + 4096 * 4096
     sam_width: int = SAM_VIT_H.hidden_size
     sam_mlp: int = SAM_VIT_H.mlp_dim
@@ -87,6 +89,29 @@ def llm_prefill(d: PipelineDims, text_tokens: int, visual_per_layer: list[int]) 
         transformer_layer(text_tokens + visual, d.llm_width, d.llm_mlp, gated=True)
         for visual in visual_per_layer
     )
+
+
+def llm_decode(d: PipelineDims, text_tokens: int, visual_per_layer: list[int], new_tokens: int) -> float:
+    """The decoder steps after the prefill that produce `new_tokens` tokens in all (the prefill gives the first):
+    step s runs one token per layer against a cache of the prompt (that layer's visual tokens + `text_tokens`)
+    and the s tokens before it; no LM head."""
+    return sum(
+        transformer_layer(1, d.llm_width, d.llm_mlp, context=text_tokens + visual + step + 1, gated=True)
+        for step in range(new_tokens - 1)
+        for visual in visual_per_layer
+    )
+
+
+def lm_head(d: PipelineDims, positions: int) -> float:
+    """The LM head on `positions` hidden states (one per generated token)."""
+    return 2.0 * positions * d.llm_width * d.llm_vocab
+
+
+def vision_tower(d: PipelineDims) -> float:
+    """A CLIP vision transformer run whole (patch embedding and every layer), as transformers' CLIPVisionModel
+    runs when asked for all hidden states (LLaVA's tower in `LlavaPredictor.set_image`)."""
+    patch_embed = 2.0 * d.clip_patches * 3 * d.clip_patch_size**2 * d.clip_width
+    return patch_embed + d.clip_layers * transformer_layer(d.clip_patches + 1, d.clip_width, d.clip_mlp)
 
 
 def seg_projection(d: PipelineDims, segs: int) -> float:
@@ -143,4 +168,28 @@ def pipeline_stages(
         "llm": llm_prefill(d, text_tokens, visual_per_layer),
         "seg_projection": seg_projection(d, segs),
         "sam_decoder": sam_decoder(d, segs),
+    }
+
+
+def llava_stages(
+    d: PipelineDims,
+    *,
+    texts: int,
+    text_tokens: int,
+    clip_text_tokens: int,
+    visual_per_layer: list[int],
+    new_tokens: int,
+) -> dict[str, float]:
+    """FLOPs per stage of one image and one question through `LlavaPredictor` (set_image, then answer with
+    `new_tokens` generated tokens): the CLIP pass for scores, LLaVA's own tower, the text tower and scores
+    (`selection`, text-guided methods only), the projector, the decoder's prefill, and the rest of generation
+    (`decode`: the later decoder steps and the LM head on every generated token). `text_tokens`: the prompt's
+    tokens other than the visual ones."""
+    return {
+        "clip_vision": clip_vision(d),
+        "llava_vision": vision_tower(d),
+        "selection": (clip_text(d, texts, clip_text_tokens) + scoring(d, texts)) if texts else 0.0,
+        "projector": projector(d, visual_per_layer[0]),
+        "prefill": llm_prefill(d, text_tokens, visual_per_layer),
+        "decode": llm_decode(d, text_tokens, visual_per_layer, new_tokens) + lm_head(d, new_tokens),
     }

@@ -224,10 +224,17 @@ def random_grounding_model(
     (benchmarks: speed and memory do not depend on weight values, and a full-size model never exists in
     float32)."""
     from accelerate import init_empty_weights
-    from accelerate.utils import set_module_tensor_to_device
 
     with init_empty_weights(include_buffers=False):
         model = GroundingModel(host, config)
+    return fill_random(model, dtype=dtype, device=device, seed=seed)
+
+
+def fill_random(model: nn.Module, *, dtype: torch.dtype, device, seed: int = 0) -> nn.Module:
+    """Give a model built on the meta device (`init_empty_weights`) random weights, made directly in `dtype` on
+    `device` one tensor at a time: norm scales 1, biases 0, matrices with unit-variance outputs."""
+    from accelerate.utils import set_module_tensor_to_device
+
     generator = torch.Generator().manual_seed(seed)
     for name, parameter in list(model.named_parameters()):
         if parameter.ndim == 1:  # norm scales 1, biases 0

@@ -116,7 +116,7 @@ def llava_hf_config(vocab_size: int, image_token_id: int, pad_token_id: int, cli
     )
 
 
-def _tokenizer(seed: int):
+def llava_tokenizer(seed: int):
     """llava-1.5-7b-hf's LLaMA tokenizer over a tiny SentencePiece vocabulary, and the tokenizer.model bytes."""
     from tokenizers import normalizers
     from transformers import AutoTokenizer
@@ -169,7 +169,7 @@ def _tokenizer(seed: int):
         return tokenizer, (source / "tokenizer.model").read_bytes()
 
 
-def _image_processor(image_size: int):
+def clip_image_processor(image_size: int):
     """CLIP preprocessing at `image_size`: resize the shortest edge, center crop, OpenAI mean/std, RGB."""
     try:  # transformers 5.x: the PIL backend (the default one needs torchvision)
         from transformers import CLIPImageProcessorPil as ImageProcessor
@@ -214,7 +214,7 @@ def make_tiny_llava_hf(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer, sentencepiece_model = _tokenizer(seed)
+    tokenizer, sentencepiece_model = llava_tokenizer(seed)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     vocab_size = -(-len(tokenizer) // 64) * 64
     clip_cfg = clip_config(**TINY_VISION)
@@ -234,7 +234,7 @@ def make_tiny_llava_hf(
     _rename_to_hub_keys(directory)
 
     processor = LlavaProcessor(
-        image_processor=_image_processor(clip_cfg.vision_config.image_size),
+        image_processor=clip_image_processor(clip_cfg.vision_config.image_size),
         tokenizer=tokenizer,
         patch_size=clip_cfg.vision_config.patch_size,
         vision_feature_select_strategy="default",
