@@ -44,9 +44,10 @@ def preset_args(model, data_root, out, *extra):
 
 
 def count_calls(patch: pytest.MonkeyPatch) -> Counter:
-    """Count model loads and predictions (by budget) of the predictor the CLI builds."""
+    """Count model loads and predictions (by budget) of the predictor the CLI builds (the evaluation loop
+    predicts through `predict_batch`, one call per group of images)."""
     calls = Counter()
-    predict, load = GroundingPredictor.predict, GroundingPredictor.from_pretrained
+    predict, load = GroundingPredictor.predict_batch, GroundingPredictor.from_pretrained
 
     def counted_predict(self, *args, **kwargs):
         calls[kwargs["budget"]] += 1
@@ -56,7 +57,7 @@ def count_calls(patch: pytest.MonkeyPatch) -> Counter:
         calls["load"] += 1
         return load(*args, **kwargs)
 
-    patch.setattr(GroundingPredictor, "predict", counted_predict)
+    patch.setattr(GroundingPredictor, "predict_batch", counted_predict)
     patch.setattr(GroundingPredictor, "from_pretrained", classmethod(counted_load))
     return calls
 
