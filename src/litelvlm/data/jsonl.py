@@ -156,7 +156,9 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield number, line
 
 
-def _parse(line: str, where: str) -> dict:
+def parse_object(line: str, where: str, required: tuple[str, ...], needs: str) -> dict:
+    """One JSONL line as a JSON object holding the `required` keys (`needs` says what a line holds, for the
+    message); anything else is one sentence naming `where`."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:
@@ -165,11 +167,16 @@ def _parse(line: str, where: str) -> dict:
         ) from None
     if not isinstance(record, dict):
         raise LiteLVLMError(f"{where} is not a JSON object; write one {{...}} object per line.")
-    for key in ("image", "mask"):
+    for key in required:
         if key not in record:
-            raise LiteLVLMError(
-                f"{where} has no {key!r}; each line needs 'image', 'expressions' (or 'expression') and 'mask'."
-            )
+            raise LiteLVLMError(f"{where} has no {key!r}; each line needs {needs}.")
+    return record
+
+
+def _parse(line: str, where: str) -> dict:
+    record = parse_object(
+        line, where, ("image", "mask"), "'image', 'expressions' (or 'expression') and 'mask'"
+    )
     if not isinstance(record["image"], str) or not record["image"].strip():
         raise LiteLVLMError(
             f"{where} has 'image' {shown(record['image'])}; give the image's path as a string."

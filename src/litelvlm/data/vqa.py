@@ -13,13 +13,12 @@ ignored; blank lines are skipped; a UTF-8 byte-order mark on the first line is a
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LiteLVLMError, shown
-from .jsonl import _identifier, _image_path, _image_root, _lines
+from .jsonl import _identifier, _image_path, _image_root, _lines, parse_object
 
 
 @dataclass(frozen=True)
@@ -70,19 +69,9 @@ def load_vqa_jsonl(path: str | os.PathLike, images: str | os.PathLike | None = N
 
 
 def _parse(line: str, where: str) -> dict:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise LiteLVLMError(
-            f"{where} is not valid JSON ({error.msg} at column {error.colno}); fix that line."
-        ) from None
-    if not isinstance(record, dict):
-        raise LiteLVLMError(f"{where} is not a JSON object; write one {{...}} object per line.")
-    for key in ("image", "question"):
-        if key not in record:
-            raise LiteLVLMError(
-                f"{where} has no {key!r}; each line needs 'image', 'question' and 'answers' (or 'answer')."
-            )
+    record = parse_object(
+        line, where, ("image", "question"), "'image', 'question' and 'answers' (or 'answer')"
+    )
     for key, what in (("image", "the image's path"), ("question", "the question")):
         if not isinstance(record[key], str) or not record[key].strip():
             raise LiteLVLMError(

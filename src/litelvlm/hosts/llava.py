@@ -36,7 +36,7 @@ from ..selection import (
 )
 from ..timing import StageTimer
 from .llm import IMAGE_TOKEN_INDEX, POSITIONS, generate, shared_prefix_length, splice_visual_tokens
-from .llm_pruning import pruning
+from .llm_pruning import pruning, surviving_patches
 from .registry import local_checkpoint_dir
 
 ARCHITECTURE = "LlavaForConditionalGeneration"
@@ -313,7 +313,7 @@ class LlavaPredictor:
                 locate=None if pruned is None else (lambda p: pruned.index_of(p[:, None])[:, 0]),
                 prefix=prefix,
             )
-            llm_kept = _surviving(pruned, batch)
+            llm_kept = surviving_patches(pruned, len(id_lists))
         num_layers = self.num_llm_layers
         tokens_per_layer = (plan.tokens_per_layer(num_layers, selection.budget) if plan is not None
                             else [selection.budget] * num_layers)  # fmt: skip
@@ -380,14 +380,6 @@ class LlavaPredictor:
         with timer("selection"):
             scores = self.scorer.score(grouped, entry.needs, features, rows=torch.tensor(rows, device=device))
             return run_selection(entry, scores, budget, full_budget, options), None
-
-
-def _surviving(state, batch) -> list[list[int] | None]:
-    """Patch indices alive after the last in-LLM pruning step (None for before-LLM methods)."""
-    if state is None or not state.kept:
-        return [None] * len(batch.image_spans)
-    deepest = state.kept[max(state.kept)]
-    return [(deepest[row] - start).tolist() for row, (start, _) in enumerate(batch.image_spans)]
 
 
 def load_llava(path_or_id: str | os.PathLike, *, dtype: torch.dtype, device: torch.device):

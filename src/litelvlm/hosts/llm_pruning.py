@@ -280,6 +280,15 @@ def _rotate(x, cos, sin):
     return x * cos + rotated * sin
 
 
+def surviving_patches(state: PruningState | None, rows: int) -> list[list[int] | None]:
+    """Per row, the patch indices (raster: every patch entered the LLM) alive after the last pruning step; None
+    per row when nothing was pruned inside the LLM (no state, or no step taken)."""
+    if state is None or not state.kept:
+        return [None] * rows
+    deepest = state.kept[max(state.kept)]
+    return [(deepest[row] - start).tolist() for row, (start, _) in enumerate(state.image_spans)]
+
+
 def apply_pruning(model: nn.Module, state: PruningState) -> None:
     """Wrap every decoder layer of a LlamaModel (idempotent: re-applying replaces the state)."""
     if hasattr(model, ATTRIBUTE):

@@ -43,7 +43,7 @@ from .llm import (
     shared_prefix_length,
     splice_visual_tokens,
 )
-from .llm_pruning import pruning
+from .llm_pruning import pruning, surviving_patches
 from .model import GroundingModel, load_grounding_model
 from .registry import detect_host, local_checkpoint_dir
 from .sam import postprocess_masks, sam_preprocess
@@ -320,7 +320,9 @@ class GroundingPredictor:
         per_image = [group or [] for group in per_image]
         for image, group in enumerate(per_image):
             if not group and image not in skipped:
-                raise LiteLVLMError("an image has no expressions; pass at least one per image, or None to skip it.")
+                raise LiteLVLMError(
+                    "an image has no expressions; pass at least one per image, or None to skip it."
+                )
             for expression in group:
                 self._check_expression(expression)
         entry = get_method(method)
@@ -537,7 +539,7 @@ class GroundingPredictor:
                 for where in positions:
                     seg_hidden.append(list(found[start : start + len(where)]))
                     start += len(where)
-            llm_kept = _surviving_patches(state, batch) if state is not None else [None] * len(conversations)
+            llm_kept = surviving_patches(state, len(conversations))
         with timer("seg_projection"):
             prompts_per_conversation = [
                 model.text_hidden_fcs(torch.stack(states)) if states else None for states in seg_hidden
@@ -574,14 +576,6 @@ class GroundingPredictor:
             render_conversation([*turns[:-1], Turn(turns[-1].question, None)], self.host.image_prefix)
         )
         return len(prompt) - 1 if ids[: len(prompt)] == prompt else len(ids) - 1
-
-
-def _surviving_patches(state, batch) -> list[list[int]]:
-    """Patch indices (raster: every patch entered the LLM) alive after the last in-LLM pruning step."""
-    if not state.kept:
-        return [None] * len(batch.image_spans)
-    deepest = state.kept[max(state.kept)]
-    return [(deepest[row] - start).tolist() for row, (start, _) in enumerate(batch.image_spans)]
 
 
 def _templates(templates, per_image: list[list[str]], default: int, name: str) -> list[list[int]]:

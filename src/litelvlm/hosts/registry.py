@@ -56,7 +56,9 @@ def detect_host(directory: str | os.PathLike) -> tuple[Host, dict]:
     if len(found) == 1:
         return found[0], config
     first, *others = HOSTS.values()
-    if "LlavaForConditionalGeneration" in (config.get("architectures") or []):  # text, not masks: its own host
+    if "LlavaForConditionalGeneration" in (
+        config.get("architectures") or []
+    ):  # text, not masks: its own host
         raise LiteLVLMError(
             f"{str(directory)!r} is a transformers LLaVA, which answers in text rather than masks; run it with "
             "`litelvlm answer`, `litelvlm eval --task rec|vqa` or litelvlm.hosts.llava.LlavaPredictor."
